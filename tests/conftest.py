@@ -1,0 +1,10 @@
+"""Shared fixtures: the real Fashion-MNIST, loaded once per test session."""
+import pytest
+
+import data
+
+
+@pytest.fixture(scope='session')
+def fashion_mnist():
+    """(train_images, train_labels, test_images, test_labels) on the CPU, from wherever data.py finds them."""
+    return data.load_fashion_mnist(download=False)

@@ -1,0 +1,532 @@
+"""Train softmax regression on Fashion-MNIST (d2l 3.6 / 3.7) and save what a reader wants to look at.
+
+    python train.py                      the book's recipe: minibatch SGD, lr 0.1, batch 256, 10 epochs
+    python train.py --recipe tuned       the best this same linear model does on raw pixels
+    python train.py --compare            naive vs scratch vs torch loss from the same initial weights
+
+Everything lands in --out (outputs/): history.csv, curves.png, metrics.json, model.pt after every epoch;
+predictions.png, weights.png, confusion.png from the last finished epoch when the run ends, fails or is
+interrupted. Exit codes: 0 done, 1 diverged (loss became nan/inf), 2 bad input, 130 interrupted (Ctrl-C).
+"""
+import argparse
+import contextlib
+import copy
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+import data
+from data import DataError, TEXT_LABELS
+from losses import LOSSES, correct_count
+from model import SoftmaxRegression
+
+# The two recipes. Flags given on the command line override these values.
+RECIPES = {
+    # d2l 3.6/3.7: minibatch SGD on X/255, lr 0.1, batch 256, 10 epochs.
+    'textbook': dict(epochs=10, batch_size=256, lr=0.1, optimizer='sgd', momentum=0.0,
+                     weight_decay=0.0, schedule='constant', standardize=False),
+    # Tuned for the same linear model: standardised pixels, momentum, a little L2, cosine decay to 0.
+    'tuned': dict(epochs=20, batch_size=256, lr=0.05, optimizer='sgd', momentum=0.9,
+                  weight_decay=1e-4, schedule='cosine', standardize=True),
+}
+EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+HISTORY_COLUMNS = ['epoch', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds']
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything that defines a run; saved in metrics.json and model.pt."""
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.1
+    loss: str = 'scratch'
+    recipe: str = 'textbook'
+    device: str = 'auto'
+    seed: int = 0
+    data_dir: str | None = None
+    out: str = 'outputs'
+    compare: bool = False
+    optimizer: str = 'sgd'
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    schedule: str = 'constant'
+    standardize: bool = False
+
+
+class Diverged(Exception):
+    def __init__(self, epoch, step, loss):
+        super().__init__(f"epoch {epoch}, step {step}: loss is {loss}")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+# ----------------------------------------------------------------------------- command line
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Softmax regression O = XW + b on Fashion-MNIST, as in Dive into Deep Learning ch. 3.",
+        epilog="Exit codes: 0 done, 1 the loss diverged (nan/inf), 2 bad input, 130 interrupted.")
+    parser.add_argument('--epochs', type=positive_int,
+                        help="passes over the 60,000 training images (textbook 10, tuned %d)"
+                             % RECIPES['tuned']['epochs'])
+    parser.add_argument('--batch-size', type=positive_int,
+                        help="examples per SGD step (textbook 256, tuned %d)" % RECIPES['tuned']['batch_size'])
+    parser.add_argument('--lr', type=positive_float,
+                        help="learning rate (textbook 0.1, tuned %g, its peak before cosine decay)"
+                             % RECIPES['tuned']['lr'])
+    parser.add_argument('--loss', choices=sorted(LOSSES), default='scratch',
+                        help="cross-entropy implementation (losses.py): naive = the notes' "
+                             "-log(softmax) that overflows, scratch = stable LogSumExp with the hand-written "
+                             "gradient softmax(o) - y, torch = nn.CrossEntropyLoss (default: %(default)s)")
+    parser.add_argument('--recipe', choices=sorted(RECIPES), default='textbook',
+                        help="textbook = the book's SGD run; tuned = standardised inputs, momentum, "
+                             "weight decay and a cosine schedule (default: %(default)s)")
+    parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto',
+                        help="where to train; auto picks CUDA when available (default: %(default)s)")
+    parser.add_argument('--seed', type=int, default=0,
+                        help="seeds the initial weights and the shuffling; same seed on CPU, same "
+                             "history (default: %(default)s)")
+    parser.add_argument('--data-dir', metavar='DIR',
+                        help=f"folder with the four Fashion-MNIST IDX files (.gz or raw); default: "
+                             f"${data.ENV_VAR}, ./data/FashionMNIST/raw, {data.DEBIAN_DIR}, else download")
+    parser.add_argument('--out', default='outputs', metavar='DIR',
+                        help="where history, figures, metrics and the checkpoint go (default: %(default)s)")
+    parser.add_argument('--compare', action='store_true',
+                        help="train once per loss implementation from the same seed and initial weights "
+                             "and write compare.png and history_<loss>.csv")
+    return parser
+
+
+def parse_config(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    recipe = RECIPES[args.recipe]
+    given = {key: value for key, value in vars(args).items() if value is not None}
+    config = Config(**{**recipe, **given})
+    if config.device == 'cuda' and not torch.cuda.is_available():
+        parser.error("argument --device: cuda was asked for but this machine has no usable CUDA device "
+                     "(use --device cpu or auto)")
+    return config
+
+
+def resolve_device(name):
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        print("device: cpu (no CUDA device found)", flush=True)
+        return torch.device('cpu')
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- files, written atomically
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def write_atomically(path, write):
+    """Call write(tmp_path), then rename tmp over path: readers see the old file or the new one, never half."""
+    folder = os.path.dirname(path) or '.'
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path, text):
+    def write(tmp):
+        with open(tmp, 'w', newline='') as f:
+            f.write(text)
+    write_atomically(path, write)
+
+
+def check_out_dir(out):
+    """Fail before training, not after, when the output folder cannot be made or written."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        write_text(os.path.join(out, '.write-test'), '')
+        os.remove(os.path.join(out, '.write-test'))
+    except OSError as error:
+        raise DataError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+
+
+def history_csv(history):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator='\n')
+    writer.writerow(HISTORY_COLUMNS)
+    for row in history:
+        writer.writerow([row['epoch']] + [f"{row[key]:.6f}" for key in HISTORY_COLUMNS[1:]])
+    return buffer.getvalue()
+
+
+def save_figure(figure, path):
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format='png', dpi=110))
+
+
+# ----------------------------------------------------------------------------- training
+
+def prepare_features(images, mean=None, std=None):
+    """uint8 (N, 784) -> float32 features held for the whole run: X/255, then (X - mean)/std if given."""
+    features = images.float().div_(255)  # exactly ToTensor's scaling
+    if mean is not None:
+        features.sub_(mean).div_(std)
+    return features
+
+
+def pixel_statistics(train_features):
+    """Per-pixel mean and std of the training set; border pixels that never vary get std 1."""
+    mean = train_features.mean(0)
+    std = train_features.std(0)
+    return mean, torch.where(std > 1e-6, std, torch.ones_like(std))
+
+
+def folded_copy(model, mean, std):
+    """A copy of a model trained on (X - m)/s that takes X directly: ((X - m)/s) W + b = X (W/s) + (b - (m/s) W)."""
+    folded = copy.deepcopy(model)
+    with torch.no_grad():
+        W_over_std = model.W / std[:, None]
+        folded.W.copy_(W_over_std)
+        folded.b.copy_(model.b - mean @ W_over_std)
+    return folded
+
+
+def make_optimizer(config, model, steps_per_epoch):
+    """SGD as in the book (torch.optim.SGD, d2l 3.7), and the per-step learning-rate schedule."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    total = config.epochs * steps_per_epoch
+
+    def lr_at(step):  # step counts from 0 over the whole run
+        if config.schedule == 'cosine':
+            return config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+        return config.lr
+    return optimizer, lr_at
+
+
+def train_epoch(model, loss_fn, optimizer, lr_at, features, labels, config, generator, epoch, first_step):
+    """One pass over the training set (the book's train_epoch_ch3). Returns (train loss, train accuracy).
+
+    Inside the step loop nothing waits for the device; the losses are checked for nan/inf once, after
+    the epoch, and the first bad step is reported.
+    """
+    from tqdm import tqdm
+    n = features.shape[0]
+    steps = -(-n // config.batch_size)
+    # Each step's loss and number of correct predictions stay on the device until the epoch is over.
+    step_losses = torch.empty(steps, device=features.device)
+    step_correct = torch.empty(steps, device=features.device)
+    live_postfix = features.device.type == 'cpu'  # on CPU a read is free; on CUDA it would stall the GPU
+    next_postfix = time.monotonic()
+    bar = tqdm(data.batches(features, labels, config.batch_size, generator), total=steps, leave=False,
+               desc=f"epoch {epoch}/{config.epochs}", unit='batch', disable=None, dynamic_ncols=True)
+    for step, (X, y) in enumerate(bar):
+        if config.schedule != 'constant':
+            for group in optimizer.param_groups:
+                group['lr'] = lr_at(first_step + step)
+        O = model(X)
+        loss = loss_fn(O, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step_losses[step] = loss.detach()
+        step_correct[step] = correct_count(O.detach(), y)
+        if live_postfix and time.monotonic() >= next_postfix:
+            next_postfix = time.monotonic() + 0.2
+            seen = min((step + 1) * config.batch_size, n)
+            bar.set_postfix_str(f"loss {float(step_losses[:step + 1].mean()):.4f} "
+                                f"acc {float(step_correct[:step + 1].sum()) / seen:.4f}")
+    bar.close()
+    finite = torch.isfinite(step_losses)
+    if not bool(finite.all()):
+        first_bad = int((~finite).nonzero()[0])
+        raise Diverged(epoch, first_bad + 1, float(step_losses[first_bad]))
+    # The book's Accumulator: losses weighted by batch size (the last batch may be smaller), over n.
+    batch_sizes = torch.full((steps,), float(config.batch_size), device=features.device)
+    batch_sizes[-1] = n - (steps - 1) * config.batch_size
+    return float((step_losses * batch_sizes).sum()) / n, float(step_correct.sum()) / n
+
+
+@torch.no_grad()
+def evaluate(model, loss_fn, features, labels):
+    """Loss and accuracy on a whole split in one batch: (n, 784) @ (784, 10) is one GEMM."""
+    O = model(features)
+    return loss_fn(O, labels), correct_count(O, labels) / labels.shape[0]
+
+
+def train(config, model, datasets, device, on_epoch=None, log=print):
+    """The epoch loop. After each epoch calls on_epoch(history, model); raises Diverged on nan/inf loss."""
+    train_images, train_labels, test_images, test_labels = datasets
+    mean = std = None
+    if config.standardize:
+        mean, std = pixel_statistics(prepare_features(train_images))
+    train_features = prepare_features(train_images, mean, std)
+    test_features = prepare_features(test_images, mean, std)
+    loss_fn = LOSSES[config.loss]
+    steps_per_epoch = -(-train_features.shape[0] // config.batch_size)
+    optimizer, lr_at = make_optimizer(config, model, steps_per_epoch)
+    generator = torch.Generator().manual_seed(config.seed)
+    history = []
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        train_loss, train_acc = train_epoch(model, loss_fn, optimizer, lr_at, train_features, train_labels,
+                                            config, generator, epoch, (epoch - 1) * steps_per_epoch)
+        test_loss, test_acc = evaluate(model, loss_fn, test_features, test_labels)
+        row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
+                   test_loss=float(test_loss), test_acc=float(test_acc))
+        row['seconds'] = time.perf_counter() - start
+        history.append(row)
+        log(f"epoch {epoch:3d}/{config.epochs}  train loss {row['train_loss']:.4f}  "
+            f"train acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f}  "
+            f"test acc {row['test_acc']:.4f}  {row['seconds']:.2f} s")
+        if on_epoch:  # what is saved always takes X/255, like the textbook model
+            on_epoch(history, model if mean is None else folded_copy(model, mean, std))
+    return history
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _new_figure(width, height, layout='constrained'):
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
+    return Figure(figsize=(width, height), layout=layout)
+
+
+def plot_curves(histories, title):
+    """Loss and accuracy against epoch, train solid and test dashed; one colour per run in `histories`."""
+    # Redrawn after every epoch: a fixed layout renders in half the time of a layout engine.
+    figure = _new_figure(10, 4.2, layout=None)
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.84, wspace=0.22)
+    loss_axes, acc_axes = figure.subplots(1, 2)
+    for index, (name, history) in enumerate(histories.items()):
+        epochs = [row['epoch'] for row in history]
+        color = f"C{index}"
+        prefix = f"{name}: " if len(histories) > 1 else ''
+        for axes, key in ((loss_axes, 'loss'), (acc_axes, 'acc')):
+            axes.plot(epochs, [row['train_' + key] for row in history], '-o', color=color, markersize=3,
+                      label=prefix + 'train')
+            axes.plot(epochs, [row['test_' + key] for row in history], '--s', color=color, markersize=3,
+                      label=prefix + 'test')
+    loss_axes.set(xlabel='epoch', ylabel='cross-entropy loss', title='loss')
+    acc_axes.set(xlabel='epoch', ylabel='accuracy', title='accuracy')
+    for axes in (loss_axes, acc_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    figure.suptitle(title)
+    return figure
+
+
+def plot_predictions(images, labels, predicted, count=24, columns=8):
+    """The book's predict_ch3: test images titled true / predicted; mistakes in red with a red frame."""
+    figure = _new_figure(columns * 1.3, -(-count // columns) * 1.6)
+    for index, axes in enumerate(figure.subplots(-(-count // columns), columns).flat):
+        axes.set_xticks([])
+        axes.set_yticks([])
+        if index >= count:
+            axes.set_axis_off()
+            continue
+        axes.imshow(images[index].reshape(28, 28), cmap='gray_r')
+        true, guess = TEXT_LABELS[labels[index]], TEXT_LABELS[predicted[index]]
+        wrong = true != guess
+        axes.set_title(f"{true}\n{'✗ ' if wrong else ''}{guess}", fontsize=8, color='red' if wrong else 'black')
+        for spine in axes.spines.values():
+            spine.set(color='red' if wrong else 'lightgray', linewidth=2 if wrong else 0.5)
+    wrong_count = sum(int(a != b) for a, b in zip(labels[:count], predicted[:count]))
+    figure.suptitle(f"first {count} test images: true label above predicted ({wrong_count} wrong, in red)")
+    return figure
+
+
+def plot_weights(W):
+    """Each column of W, a (784,) template, as a 28x28 image: red pixels vote for the class, blue against."""
+    figure = _new_figure(12, 5)
+    limit = float(W.abs().max())
+    for index, axes in enumerate(figure.subplots(2, 5).flat):
+        image = axes.imshow(W[:, index].reshape(28, 28), cmap='RdBu_r', vmin=-limit, vmax=limit)
+        axes.set_title(TEXT_LABELS[index])
+        axes.set_axis_off()
+    figure.colorbar(image, ax=figure.axes, shrink=0.8, label='weight')
+    figure.suptitle("columns of W as images (O = XW + b)")
+    return figure
+
+
+def plot_confusion(labels, predicted):
+    """10x10 counts: row = true class, column = predicted class; the diagonal is what was right."""
+    confusion = torch.bincount(labels * 10 + predicted, minlength=100).reshape(10, 10)
+    figure = _new_figure(8, 7)
+    axes = figure.subplots()
+    axes.imshow(confusion, cmap='Blues')
+    for i in range(10):
+        for j in range(10):
+            count = int(confusion[i, j])
+            axes.text(j, i, count, ha='center', va='center', fontsize=8,
+                      color='white' if count > confusion.max() / 2 else 'black')
+    axes.set_xticks(range(10), TEXT_LABELS, rotation=45, ha='right')
+    axes.set_yticks(range(10), TEXT_LABELS)
+    axes.set(xlabel='predicted', ylabel='true')
+    accuracy = float(confusion.diag().sum()) / float(confusion.sum())
+    axes.set_title(f"test confusion matrix (accuracy {accuracy:.4f})")
+    return figure
+
+
+# ----------------------------------------------------------------------------- one run, its files
+
+def environment(device):
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
+    return dict(device=str(device), device_name=name, torch_version=torch.__version__,
+                threads=torch.get_num_threads())
+
+
+def write_epoch_outputs(out, config, history, model, device, status, started):
+    """After every epoch: history.csv, curves.png, metrics.json and model.pt, each replaced whole."""
+    write_text(os.path.join(out, 'history.csv'), history_csv(history))
+    save_figure(plot_curves({config.loss: history},
+                            f"softmax regression, {config.recipe} recipe, {config.loss} loss"),
+                os.path.join(out, 'curves.png'))
+    write_metrics(out, config, history, device, status, started)
+    checkpoint = dict(model=model.state_dict(), config=dataclasses.asdict(config), epoch=history[-1]['epoch'],
+                      test_acc=history[-1]['test_acc'], torch_version=torch.__version__)
+    write_atomically(os.path.join(out, 'model.pt'), lambda tmp: torch.save(checkpoint, tmp))
+
+
+def write_metrics(out, config, history, device, status, started, extra=None):
+    seconds = sorted(row['seconds'] for row in history)
+    metrics = dict(status=status, epochs_completed=len(history),
+                   final={key: history[-1][key] for key in HISTORY_COLUMNS[1:5]} if history else None,
+                   seconds_per_epoch=[row['seconds'] for row in history],
+                   median_seconds_per_epoch=seconds[len(seconds) // 2] if seconds else None,
+                   wall_seconds=time.perf_counter() - started,
+                   config=dataclasses.asdict(config), **environment(device), **(extra or {}))
+    write_text(os.path.join(out, 'metrics.json'), json.dumps(metrics, indent=2) + '\n')
+
+
+@torch.no_grad()
+def write_final_figures(out, model, test_images, test_labels):
+    """predictions.png, weights.png, confusion.png from a model that takes X/255."""
+    features = prepare_features(test_images)
+    predicted = model(features).argmax(1).cpu()
+    labels = test_labels.cpu()
+    save_figure(plot_predictions(features.cpu()[:24], labels[:24].tolist(), predicted[:24].tolist()),
+                os.path.join(out, 'predictions.png'))
+    save_figure(plot_weights(model.W.detach().cpu()), os.path.join(out, 'weights.png'))
+    save_figure(plot_confusion(labels, predicted), os.path.join(out, 'confusion.png'))
+
+
+def run(config, datasets, device):
+    """Train one model and keep its files current; returns the exit code."""
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    model = SoftmaxRegression().to(device)
+    finished = {}  # the last finished epoch's history and model, what an interruption keeps
+
+    def on_epoch(history, saved_model):
+        finished.update(history=list(history), model=copy.deepcopy(saved_model))
+        write_epoch_outputs(config.out, config, history, saved_model, device, 'running', started)
+
+    def wrap_up(status):
+        if finished:
+            write_metrics(config.out, config, finished['history'], device, status, started)
+            write_final_figures(config.out, finished['model'], datasets[2], datasets[3])
+        return len(finished.get('history', []))
+
+    try:
+        history = train(config, model, datasets, device, on_epoch)
+    except Diverged as diverged:
+        kept = wrap_up('diverged')
+        hint = ("use a smaller --lr" if config.loss != 'naive'
+                else "use the stable loss (--loss scratch) or a smaller --lr")
+        print(f"error: training diverged at {diverged}; {hint} (lr was {config.lr:g}). "
+              f"{kept} finished epoch(s) kept in {config.out}/", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        kept = wrap_up('interrupted')
+        print(f"\ninterrupted: {kept} finished epoch(s) kept in {config.out}/", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    wrap_up('finished')
+    print(f"done: test accuracy {history[-1]['test_acc']:.4f} after {len(history)} epochs; "
+          f"median {sorted(r['seconds'] for r in history)[len(history) // 2]:.3f} s per epoch; "
+          f"files in {config.out}/")
+    return 0
+
+
+def compare(config, datasets, device):
+    """Train once per loss from the same initial weights and order of batches; overlay the curves."""
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    initial = SoftmaxRegression().to(device)
+    histories, diverged = {}, {}
+    for loss in LOSSES:
+        print(f"--- loss: {loss}")
+        run_config = dataclasses.replace(config, loss=loss)
+        history_path = os.path.join(config.out, f"history_{loss}.csv")
+
+        def on_epoch(history, _model):
+            histories[loss] = list(history)
+            write_text(history_path, history_csv(history))
+        try:
+            train(run_config, copy.deepcopy(initial), datasets, device, on_epoch)
+        except Diverged as error:
+            diverged[loss] = str(error)
+            print(f"{loss} loss diverged at {error}; its finished epochs are kept in {history_path}")
+    histories = {loss: history for loss, history in histories.items() if history}
+    if histories:
+        save_figure(plot_curves(histories, f"the three losses from the same initial weights "
+                                           f"({config.recipe} recipe, lr {config.lr:g})"),
+                    os.path.join(config.out, 'compare.png'))
+    finals = {loss: history[-1] for loss, history in histories.items()}
+    write_text(os.path.join(config.out, 'compare.json'),
+               json.dumps(dict(final=finals, diverged=diverged, config=dataclasses.asdict(config),
+                               wall_seconds=time.perf_counter() - started, **environment(device)),
+                          indent=2) + '\n')
+    print(f"done: compare.png and history_<loss>.csv in {config.out}/")
+    return 0
+
+
+def main(argv=None):
+    config = parse_config(argv)  # bad flags: argparse prints usage and the problem, exits 2
+    try:
+        check_out_dir(config.out)
+        device = resolve_device(config.device)
+        datasets = data.load_fashion_mnist(config.data_dir, device)
+        return (compare if config.compare else run)(config, datasets, device)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # before the first epoch: nothing to keep
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == '__main__':
+    sys.exit(main())
