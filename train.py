@@ -61,6 +61,10 @@ class Config:
     standardize: bool = False
 
 
+class OutputError(Exception):
+    """The output folder cannot be created or written."""
+
+
 class Diverged(Exception):
     def __init__(self, epoch, step, loss):
         super().__init__(f"epoch {epoch}, step {step}: loss is {loss}")
@@ -180,7 +184,7 @@ def check_out_dir(out):
         write_text(os.path.join(out, '.write-test'), '')
         os.remove(os.path.join(out, '.write-test'))
     except OSError as error:
-        raise DataError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+        raise OutputError(f"cannot write to output folder {out}: {error.strerror or error}") from None
 
 
 def history_csv(history):
@@ -404,7 +408,7 @@ def plot_confusion(labels, predicted):
 
 def environment(device):
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
-    return dict(device=str(device), device_name=name, torch_version=torch.__version__,
+    return dict(device=str(device), device_name=name, torch_version=str(torch.__version__),
                 threads=torch.get_num_threads())
 
 
@@ -416,7 +420,7 @@ def write_epoch_outputs(out, config, history, model, device, status, started):
                 os.path.join(out, 'curves.png'))
     write_metrics(out, config, history, device, status, started)
     checkpoint = dict(model=model.state_dict(), config=dataclasses.asdict(config), epoch=history[-1]['epoch'],
-                      test_acc=history[-1]['test_acc'], torch_version=torch.__version__)
+                      test_acc=history[-1]['test_acc'], torch_version=str(torch.__version__))
     write_atomically(os.path.join(out, 'model.pt'), lambda tmp: torch.save(checkpoint, tmp))
 
 
@@ -520,7 +524,7 @@ def main(argv=None):
         device = resolve_device(config.device)
         datasets = data.load_fashion_mnist(config.data_dir, device)
         return (compare if config.compare else run)(config, datasets, device)
-    except DataError as error:
+    except (DataError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before the first epoch: nothing to keep
