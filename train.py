@@ -8,6 +8,18 @@ Everything lands in --out (outputs/): history.csv, curves.png, metrics.json, mod
 predictions.png, weights.png, confusion.png from the last finished epoch when the run ends, fails or is
 interrupted. Exit codes: 0 done, 1 diverged (loss became nan/inf), 2 bad input, 130 interrupted (Ctrl-C).
 """
+import signal
+import sys
+
+
+def _interrupted_while_starting(signum, frame):
+    print("\ninterrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+if __name__ == '__main__':  # Ctrl-C while torch is still importing: exit 130 without a traceback
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
 import argparse
 import contextlib
 import copy
@@ -17,7 +29,6 @@ import io
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 
@@ -361,7 +372,7 @@ def plot_predictions(images, labels, predicted, count=24, columns=8):
         if index >= count:
             axes.set_axis_off()
             continue
-        axes.imshow(images[index].reshape(28, 28), cmap='gray_r')
+        axes.imshow(images[index].reshape(28, 28).numpy(), cmap='gray_r')
         true, guess = TEXT_LABELS[labels[index]], TEXT_LABELS[predicted[index]]
         wrong = true != guess
         axes.set_title(f"{true}\n{'✗ ' if wrong else ''}{guess}", fontsize=8, color='red' if wrong else 'black')
@@ -377,7 +388,7 @@ def plot_weights(W):
     figure = _new_figure(12, 5)
     limit = float(W.abs().max())
     for index, axes in enumerate(figure.subplots(2, 5).flat):
-        image = axes.imshow(W[:, index].reshape(28, 28), cmap='RdBu_r', vmin=-limit, vmax=limit)
+        image = axes.imshow(W[:, index].reshape(28, 28).numpy(), cmap='RdBu_r', vmin=-limit, vmax=limit)
         axes.set_title(TEXT_LABELS[index])
         axes.set_axis_off()
     figure.colorbar(image, ax=figure.axes, shrink=0.8, label='weight')
@@ -390,7 +401,7 @@ def plot_confusion(labels, predicted):
     confusion = torch.bincount(labels * 10 + predicted, minlength=100).reshape(10, 10)
     figure = _new_figure(8, 7)
     axes = figure.subplots()
-    axes.imshow(confusion, cmap='Blues')
+    axes.imshow(confusion.numpy(), cmap='Blues')
     for i in range(10):
         for j in range(10):
             count = int(confusion[i, j])
@@ -518,6 +529,7 @@ def compare(config, datasets, device):
 
 
 def main(argv=None):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C is a KeyboardInterrupt
     config = parse_config(argv)  # bad flags: argparse prints usage and the problem, exits 2
     try:
         check_out_dir(config.out)

@@ -1,0 +1,311 @@
+"""Bad input and interruptions: one clear line and the right exit code, never a traceback, nothing lost.
+
+What is the process's behaviour (exit code, stderr) is checked by running train.py as a subprocess.
+"""
+import csv
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import data
+import losses
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PY = os.path.join(ROOT, 'train.py')
+
+
+def start(*flags, cwd=ROOT, env=None):
+    return subprocess.Popen([sys.executable, TRAIN_PY, *flags], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(process, timeout=300):
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def assert_one_line_error(err, *fragments):
+    assert 'Traceback' not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def read_history(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def no_temporary_files(folder):
+    return [name for name in os.listdir(folder) if name.endswith('.tmp')] == []
+
+
+# ------------------------------------------------------------------ command line: argparse errors, exit 2
+
+BAD_FLAGS = {
+    'zero epochs': (['--epochs', '0'], '--epochs'),
+    'negative epochs': (['--epochs', '-3'], '--epochs'),
+    'zero lr': (['--lr', '0'], '--lr'),
+    'negative lr': (['--lr', '-0.1'], '--lr'),
+    'nan lr': (['--lr', 'nan'], '--lr'),
+    'inf lr': (['--lr', 'inf'], '--lr'),
+    'word lr': (['--lr', 'fast'], '--lr'),
+    'zero batch': (['--batch-size', '0'], '--batch-size'),
+    'fractional batch': (['--batch-size', '2.5'], '--batch-size'),
+    'word batch': (['--batch-size', 'big'], '--batch-size'),
+    'unknown loss': (['--loss', 'hinge'], '--loss'),
+    'unknown device': (['--device', 'tpu'], '--device'),
+    'unknown recipe': (['--recipe', 'fast'], '--recipe'),
+}
+
+
+@pytest.fixture(scope='module')
+def bad_flag_runs(tmp_path_factory):
+    """All the bad command lines at once, in parallel: each one costs a Python start-up."""
+    out = tmp_path_factory.mktemp('never-written')
+    processes = {name: start(*flags, '--out', str(out / name)) for name, (flags, _) in BAD_FLAGS.items()}
+    return {name: finish(process) for name, process in processes.items()}, out
+
+
+@pytest.mark.parametrize('case', BAD_FLAGS)
+def test_bad_flags_get_an_argparse_error_and_exit_2(bad_flag_runs, case):
+    runs, out = bad_flag_runs
+    code, stdout, err = runs[case]
+    assert code == 2
+    assert 'Traceback' not in err
+    assert 'usage: train.py' in err
+    assert f"error: argument {BAD_FLAGS[case][1]}" in err
+    assert not (out / case).exists()  # nothing was started
+
+
+def test_cuda_asked_for_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, so --device cuda is valid here")
+    code, _, err = finish(start('--device', 'cuda', '--epochs', '1'))
+    assert code == 2 and 'Traceback' not in err
+    assert 'error: argument --device: cuda was asked for but this machine has no usable CUDA device' in err
+
+
+def test_auto_device_says_when_it_falls_back_to_cpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, so auto does not fall back")
+    assert train.resolve_device('auto') == torch.device('cpu')
+    assert 'device: cpu (no CUDA device found)' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('make_out', [
+    lambda tmp: tmp / 'a-file' / 'outputs',           # below a regular file
+    lambda tmp: '/proc/outputs-cannot-live-here',     # a file system that refuses new folders
+])
+def test_an_unwritable_out_fails_before_training_starts(tmp_path, make_out):
+    (tmp_path / 'a-file').write_text('I am a file')
+    started = time.monotonic()
+    code, stdout, err = finish(start('--out', str(make_out(tmp_path)), '--epochs', '1'))
+    assert code == 2
+    assert_one_line_error(err, 'error: cannot write to output folder')
+    assert 'epoch' not in stdout
+
+
+# ------------------------------------------------------------------ data: one line naming the file, exit 2
+
+def _real(name):
+    return os.path.join(data.find_data_dir(download=False), name + '.gz')
+
+
+def _folder_with_real_files(tmp_path, replace=None):
+    """A data folder linking to the real files, with some replaced by the given bytes."""
+    folder = tmp_path / 'fashion'
+    folder.mkdir()
+    replace = replace or {}
+    for images, labels, _ in data.SPLITS.values():
+        for name in (images, labels):
+            if name in replace:
+                (folder / (name + '.gz')).write_bytes(replace[name])
+            else:
+                os.symlink(_real(name), folder / (name + '.gz'))
+    return folder
+
+
+def _idx(magic, dims, payload=b''):
+    return magic.to_bytes(4, 'big') + b''.join(d.to_bytes(4, 'big') for d in dims) + payload
+
+
+def _truncated_train_images():
+    with open(_real('train-images-idx3-ubyte'), 'rb') as f:
+        return f.read()[:1_000_000]
+
+
+def _labels_with_a_12():
+    labels = bytearray(10_000)
+    labels[77] = 12
+    return gzip.compress(_idx(data.LABELS_MAGIC, [10_000], bytes(labels)))
+
+
+BAD_DATA = {
+    'truncated gz': ({'train-images-idx3-ubyte': _truncated_train_images},
+                     'train-images-idx3-ubyte.gz: not a complete gzip file'),
+    'html page saved as gz': ({'t10k-labels-idx1-ubyte': lambda: b'<html><body>502 Bad Gateway</body></html>'},
+                              't10k-labels-idx1-ubyte.gz: not a complete gzip file'),
+    'swapped files': ({'train-labels-idx1-ubyte': lambda: open(_real('t10k-images-idx3-ubyte'), 'rb').read()},
+                      'train-labels-idx1-ubyte.gz: wrong magic number 2051'),
+    'wrong count': ({'t10k-labels-idx1-ubyte': lambda: gzip.compress(_idx(data.LABELS_MAGIC, [9_999], bytes(9_999)))},
+                    't10k-labels-idx1-ubyte.gz: holds 9999 examples, expected 10000'),
+    'wrong image size': ({'t10k-images-idx3-ubyte': lambda: gzip.compress(_idx(data.IMAGES_MAGIC, [10_000, 32, 32]))},
+                         't10k-images-idx3-ubyte.gz: images are 32x32, expected 28x28'),
+    'label outside 0..9': ({'t10k-labels-idx1-ubyte': _labels_with_a_12},
+                           't10k-labels-idx1-ubyte.gz: label 12 at index 77 is outside 0..9'),
+}
+
+
+@pytest.mark.parametrize('case', BAD_DATA)
+def test_bad_data_files_give_one_line_naming_the_file_and_exit_2(tmp_path, case):
+    replace, message = BAD_DATA[case]
+    folder = _folder_with_real_files(tmp_path, {name: make() for name, make in replace.items()})
+    code, _, err = finish(start('--data-dir', str(folder), '--out', str(tmp_path / 'out'), '--epochs', '1'))
+    assert code == 2
+    assert_one_line_error(err, 'error: ', message)
+    assert not (tmp_path / 'out' / 'history.csv').exists()
+
+
+@pytest.mark.parametrize('make_folder, message', [
+    (lambda tmp: tmp / 'does-not-exist', 'does not exist'),
+    (lambda tmp: tmp, 'lacks train-images-idx3-ubyte'),
+])
+def test_a_missing_or_empty_data_folder_says_how_to_provide_the_data(tmp_path, make_folder, message):
+    code, _, err = finish(start('--data-dir', str(make_folder(tmp_path)), '--out', str(tmp_path / 'out')))
+    assert code == 2
+    assert_one_line_error(err, message, '--data-dir', 'apt-get install dataset-fashion-mnist', 'download')
+
+
+def test_the_environment_variable_is_honoured_and_checked(tmp_path):
+    env = dict(os.environ, FASHION_MNIST_DIR=str(tmp_path / 'nowhere'))
+    code, _, err = finish(start('--out', str(tmp_path / 'out'), env=env))
+    assert code == 2
+    assert_one_line_error(err, str(tmp_path / 'nowhere'), 'does not exist')
+
+
+# ------------------------------------------------------------------ during a run: divergence and Ctrl-C
+
+def test_divergence_stops_with_epoch_step_loss_and_a_hint_exit_1(tmp_path):
+    # the notes' naive softmax: at lr 10 exp(o) overflows within the first steps
+    code, stdout, err = finish(start('--loss', 'naive', '--lr', '10', '--out', str(tmp_path)))
+    assert code == 1
+    assert_one_line_error(err, 'diverged at epoch 1, step', 'loss is', '--loss scratch', 'smaller --lr')
+    assert no_temporary_files(tmp_path)
+
+
+def test_divergence_after_finished_epochs_keeps_them(tmp_path, monkeypatch, capsys):
+    # Inject a nan into the 300th call of the loss in a real run: 235 steps and one test evaluation
+    # come first, so that is epoch 2, step 64.
+    calls = []
+
+    def nan_at_step_300(O, y):
+        calls.append(1)
+        loss = F.cross_entropy(O, y)
+        return loss * float('nan') if len(calls) == 300 else loss
+    monkeypatch.setitem(losses.LOSSES, 'scratch', nan_at_step_300)  # train.LOSSES is this same dict
+    code = train.main(['--epochs', '3', '--out', str(tmp_path), '--device', 'cpu'])
+    assert code == train.EXIT_DIVERGED
+    err = capsys.readouterr().err
+    assert 'diverged at epoch 2, step 64: loss is nan' in err
+    history = read_history(tmp_path / 'history.csv')
+    assert [row['epoch'] for row in history] == ['1']
+    metrics = json.loads((tmp_path / 'metrics.json').read_text())
+    assert metrics['status'] == 'diverged' and metrics['epochs_completed'] == 1
+    for name in ('curves.png', 'model.pt', 'predictions.png', 'weights.png', 'confusion.png'):
+        assert (tmp_path / name).stat().st_size > 0, name
+    state = torch.load(tmp_path / 'model.pt', weights_only=True)['model']
+    assert torch.isfinite(state['W']).all()  # the kept model is epoch 1's, not the nan one
+    assert no_temporary_files(tmp_path)
+
+
+def _wait_for_rows(path, rows, process, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        if path.exists() and len(read_history(path)) >= rows:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_ctrl_c_keeps_finished_epochs_and_exits_130(tmp_path):
+    process = start('--epochs', '1000', '--out', str(tmp_path))
+    assert _wait_for_rows(tmp_path / 'history.csv', 2, process), finish(process)
+    process.send_signal(signal.SIGINT)
+    code, stdout, err = finish(process)
+    assert code == 130
+    assert 'Traceback' not in err and 'interrupted' in err
+    history = read_history(tmp_path / 'history.csv')
+    assert len(history) >= 2
+    assert all(set(row) == {'epoch', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds'}
+               for row in history)
+    metrics = json.loads((tmp_path / 'metrics.json').read_text())
+    assert metrics['status'] == 'interrupted' and metrics['epochs_completed'] == len(history)
+    for name in ('curves.png', 'model.pt', 'predictions.png', 'weights.png', 'confusion.png'):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert no_temporary_files(tmp_path)
+
+
+def test_ctrl_c_before_the_first_epoch_exits_130_quietly(tmp_path):
+    process = start('--out', str(tmp_path))
+    time.sleep(0.5)  # still importing torch or loading the data
+    process.send_signal(signal.SIGINT)
+    code, _, err = finish(process)
+    assert code == 130
+    assert 'Traceback' not in err
+
+
+def test_an_earlier_runs_folder_is_never_left_half_overwritten(tmp_path):
+    assert finish(start('--epochs', '1', '--out', str(tmp_path)))[0] == 0
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    # a second run that fails in its first epoch: every file is still the first run's, whole
+    assert finish(start('--loss', 'naive', '--lr', '10', '--out', str(tmp_path)))[0] == 1
+    after = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    assert after == before
+
+
+def test_write_atomically_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / 'history.csv'
+    path.write_text('old and whole\n')
+
+    def half_then_fail(tmp):
+        with open(tmp, 'w') as f:
+            f.write('half')
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train.write_atomically(str(path), half_then_fail)
+    assert path.read_text() == 'old and whole\n'
+    assert os.listdir(tmp_path) == ['history.csv']
+
+
+# ------------------------------------------------------------------ checkpoints
+
+@pytest.mark.parametrize('content', [b'', b'<html>not found</html>', b'PK\x03\x04 broken zip'])
+def test_a_corrupt_model_pt_gives_one_line_and_exit_2(tmp_path, content):
+    path = tmp_path / 'model.pt'
+    path.write_bytes(content)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'model.py'), str(path)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, 'error: ', str(path), 'not a readable PyTorch checkpoint')
+
+
+def test_a_mismatched_model_pt_says_what_it_holds(tmp_path):
+    path = tmp_path / 'model.pt'
+    torch.save({'model': {'W': torch.zeros(784, 5), 'b': torch.zeros(5)}}, path)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'model.py'), str(path)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "'W': (784, 5)", 'this model has')
