@@ -42,11 +42,14 @@ from model import SoftmaxRegression
 # The two recipes. Flags given on the command line override these values.
 RECIPES = {
     # d2l 3.6/3.7: minibatch SGD on X/255, lr 0.1, batch 256, 10 epochs.
-    'textbook': dict(epochs=10, batch_size=256, lr=0.1, optimizer='sgd', momentum=0.0,
+    'textbook': dict(epochs=10, batch_size=256, lr=0.1, momentum=0.0,
                      weight_decay=0.0, schedule='constant', standardize=False),
-    # Tuned for the same linear model: standardised pixels, momentum, a little L2, cosine decay to 0.
-    'tuned': dict(epochs=20, batch_size=256, lr=0.05, optimizer='sgd', momentum=0.9,
-                  weight_decay=1e-4, schedule='cosine', standardize=True),
+    # Tuned for the same linear model: per-pixel standardised inputs, momentum 0.9, L2 1e-3, cosine
+    # decay to 0 over 5 epochs. A search over SGD/Adam, batch sizes, schedules, weight decays and up to
+    # 30 epochs never beat it by more than seed noise; full-batch L-BFGS on the same L2 objective
+    # measures the ceiling at 0.847.
+    'tuned': dict(epochs=5, batch_size=256, lr=0.05, momentum=0.9,
+                  weight_decay=1e-3, schedule='cosine', standardize=True),
 }
 EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 HISTORY_COLUMNS = ['epoch', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds']
@@ -65,7 +68,6 @@ class Config:
     data_dir: str | None = None
     out: str = 'outputs'
     compare: bool = False
-    optimizer: str = 'sgd'
     momentum: float = 0.0
     weight_decay: float = 0.0
     schedule: str = 'constant'

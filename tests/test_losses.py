@@ -265,7 +265,7 @@ def test_float32_logits_of_1e4_stay_finite_with_a_finite_gradient():
     (torch.tensor([0, 1, 2, 3], dtype=torch.int32), r'int64'),
     (torch.tensor([0, 1, 2]), r'shape \(3,\)'),
     (torch.rand(4, 3), r'shape \(4, 3\)'),
-    (torch.zeros(4, 10, dtype=torch.int64), r'probabilities as floats'),
+    (torch.zeros(4, 10, dtype=torch.int64), r'probabilities, so it must be torch.float32'),
 ])
 def test_bad_targets_raise_value_error(target, message):
     with pytest.raises(ValueError, match=message):
@@ -280,6 +280,8 @@ def test_bad_options_raise_value_error():
         cross_entropy(x, y, label_smoothing=1.5)
     with pytest.raises(ValueError, match='weight'):
         cross_entropy(x, y, weight=torch.ones(3))
+    with pytest.raises(ValueError, match='weight must be a torch.float32'):
+        cross_entropy(x, y, weight=torch.ones(10, dtype=torch.float64))
     with pytest.raises(ValueError, match='ignore_index'):
         cross_entropy(x, torch.rand(4, 10), ignore_index=0)
     with pytest.raises(ValueError, match=r'\(N, C\)'):
