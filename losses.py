@@ -20,7 +20,6 @@ Run `python losses.py` for the worked examples and a stability plot.
 
 import math
 import os
-import tempfile
 
 import torch
 from torch import nn
@@ -138,6 +137,27 @@ def _check_index_range(target, C, ignore_index):
                          f"expected class indices in [0, C) or ignore_index={ignore_index}")
 
 
+def cross_entropy_with_grad(O, y):
+    """Per-example cross-entropy and its gradient in closed form, without autograd (d2l 3.4.6):
+
+        l_i = log sum_k exp(o_ik - m_i) - (o_iy - m_i),   m_i = max_k o_ik      (LogSumExp)
+        dl_i/do_ij = softmax(o_i)_j - y_ij                                     (y one-hot)
+
+    O: (n, q) logits, y: (n,) int64 class indices in [0, q) -> (losses (n,), gradient (n, q)).
+    The gradient is that of sum_i l_i; divide by n for the mean. No checks: callers pass labels
+    already validated (on CPU an index out of range still fails inside gather).
+    """
+    target_col = y.view(-1, 1)
+    shifted = O - O.amax(1, keepdim=True)  # exponents <= 0: exp cannot overflow
+    picked = shifted.gather(1, target_col)  # o_y - max
+    exp_shifted = shifted.exp_()  # reuse the buffer: one (n, q) allocation for the whole function
+    row_sum = exp_shifted.sum(1, keepdim=True)
+    losses = (row_sum.log() - picked).view(-1)
+    grad = exp_shifted.div_(row_sum)  # softmax(o), in place
+    grad.scatter_add_(1, target_col, torch.full_like(row_sum, -1.0))  # - onehot(y)
+    return losses, grad
+
+
 class _CrossEntropyFromLogits(torch.autograd.Function):
     """Fused log-softmax + negative log-likelihood with a hand-written backward.
 
@@ -160,17 +180,13 @@ class _CrossEntropyFromLogits(torch.autograd.Function):
         is_probability); packing them keeps the per-call cost of apply down."""
         ctx.reduction = reduction
         ctx.fast = options is None
-        shifted = input - input.amax(1, keepdim=True)  # o - max: exponents <= 0
         if options is None:
-            target_col = target.view(-1, 1)
-            picked = shifted.gather(1, target_col)  # o_y - max
-            exp_shifted = shifted.exp_()  # reuse the buffer: the forward allocates one (N, C)
-            row_sum = exp_shifted.sum(1, keepdim=True)
-            ctx.save_for_backward(exp_shifted, row_sum, target_col)
-            losses = row_sum.log() - picked  # log sum_k exp(o_k - max) - (o_y - max)
+            losses, grad_of_sum = cross_entropy_with_grad(input, target)
+            ctx.save_for_backward(grad_of_sum)
             if reduction == 'mean':
                 return losses.mean()
-            return losses.sum() if reduction == 'sum' else losses.view(-1)
+            return losses.sum() if reduction == 'sum' else losses
+        shifted = input - input.amax(1, keepdim=True)  # o - max: exponents <= 0
 
         weight, ignore_index, label_smoothing, is_probability = options
         ctx.label_smoothing, ctx.is_probability = label_smoothing, is_probability
@@ -217,17 +233,13 @@ class _CrossEntropyFromLogits(torch.autograd.Function):
             # ~15 us per call, ~5% of fwd+bwd at (256, 10).)
             raise RuntimeError("cross_entropy does not support double backward")
         reduction = ctx.reduction
-        if ctx.fast:  # g (p - onehot(y))
-            exp_shifted, row_sum, target_col = ctx.saved_tensors
+        if ctx.fast:  # g (p - onehot(y)), the closed form computed in the forward
+            grad_of_sum, = ctx.saved_tensors
             if reduction == 'none':  # one g_i per row
-                grad_input = exp_shifted / row_sum
-                grad_input.scatter_add_(1, target_col, torch.full_like(row_sum, -1.0))
-                return grad_input.mul_(grad_output.view(-1, 1)), None, None, None
+                return grad_of_sum * grad_output.view(-1, 1), None, None, None
             # the fast path runs on CPU only, where reading a number is no device sync
-            g = grad_output.item() / len(row_sum) if reduction == 'mean' else grad_output.item()
-            grad_input = torch.zeros_like(exp_shifted).scatter_(1, target_col, -g)  # -g onehot(y)
-            # + g exp(o - max) / sum_k exp(o_k - max) = g p, in one fused pass
-            return grad_input.addcdiv_(exp_shifted, row_sum, value=g), None, None, None
+            scale = float(grad_output) / len(grad_of_sum) if reduction == 'mean' else float(grad_output)
+            return grad_of_sum * scale, None, None, None
 
         upstream = grad_output.view(-1, 1) if reduction == 'none' else grad_output
         if ctx.is_probability:
@@ -346,21 +358,6 @@ LOSSES = {
 # demo
 
 
-def _save_png_atomically(fig, path):
-    """Write to a temp file next to `path`, then rename, so readers never see half a PNG."""
-    folder = os.path.dirname(path) or '.'
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(suffix='.png', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            fig.savefig(f, format='png', dpi=120)
-        os.chmod(tmp_path, 0o644)  # mkstemp makes it private; an output should be readable
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
-
-
 def main():
     import matplotlib
     matplotlib.use('Agg')
@@ -418,8 +415,10 @@ def main():
     ax.grid(True, which='major', alpha=0.3)
     ax.legend(loc='lower right')
     fig.tight_layout()
+    from train import save_figure  # train.py imports this module, so import it only here
+    os.makedirs('outputs', exist_ok=True)
     path = os.path.join('outputs', 'stability.png')
-    _save_png_atomically(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     print(f"\nsaved {path}")
 

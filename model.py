@@ -31,7 +31,15 @@ class SoftmaxRegression(nn.Module):
     def forward(self, X):
         """X: (n, 784) or (n, 1, 28, 28) images -> O: (n, 10) logits."""
         X = X.reshape(-1, self.W.shape[0])  # the book's X.reshape((-1, W.shape[0]))
-        return X @ self.W + self.b
+        return torch.addmm(self.b, X, self.W)  # XW + b, the bias added inside the GEMM
+
+    def gradients(self, X, dO):
+        """The layer's backward by hand: dW = X^T dO (784, 10), db = sum_i dO_i (10,).
+
+        X: (n, 784) the forward's input, dO: (n, 10) the loss's gradient with respect to O.
+        Computed as (dO^T X)^T so that the GEMM writes W's (10, 784) storage order directly.
+        """
+        return (dO.T @ X).T, dO.sum(0)
 
 
 def load_checkpoint(path, map_location='cpu'):

@@ -213,8 +213,8 @@ def test_divergence_after_finished_epochs_keeps_them(tmp_path, monkeypatch, caps
         calls.append(1)
         loss = F.cross_entropy(O, y)
         return loss * float('nan') if len(calls) == 300 else loss
-    monkeypatch.setitem(losses.LOSSES, 'scratch', nan_at_step_300)  # train.LOSSES is this same dict
-    code = train.main(['--epochs', '3', '--out', str(tmp_path), '--device', 'cpu'])
+    monkeypatch.setitem(losses.LOSSES, 'torch', nan_at_step_300)  # train.LOSSES is this same dict
+    code = train.main(['--epochs', '3', '--loss', 'torch', '--out', str(tmp_path), '--device', 'cpu'])
     assert code == train.EXIT_DIVERGED
     err = capsys.readouterr().err
     assert 'diverged at epoch 2, step 64: loss is nan' in err

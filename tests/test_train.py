@@ -10,8 +10,9 @@ import time
 import pytest
 import torch
 
+import losses
 import train
-from model import load_checkpoint
+from model import SoftmaxRegression, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVERY_OUTPUT = ['history.csv', 'curves.png', 'metrics.json', 'model.pt',
@@ -133,3 +134,52 @@ def test_the_device_agnostic_loop_runs_on_cuda_too(tmp_path):
         pytest.skip("no CUDA device on this machine; the CPU runs above cover the same code path")
     assert run_train(tmp_path, '--epochs', '2', '--device', 'cuda') == 0
     assert float(read_history(tmp_path / 'history.csv')[-1]['test_acc']) >= 0.78
+
+
+def _first_batch(fashion_mnist, size=256):
+    train_images, train_labels, _, _ = fashion_mnist
+    return train_images[:size].float() / 255, train_labels[:size]
+
+
+def test_closed_form_step_gives_autograds_gradients(fashion_mnist):
+    """dO = (softmax(O) - Y)/n, dW = X^T dO, db = sum dO: what autograd finds through either loss."""
+    X, y = _first_batch(fashion_mnist)
+    torch.manual_seed(0)
+    model = SoftmaxRegression()
+    with torch.no_grad():
+        model.W.mul_(300)  # large logits, where a careless formula would lose precision
+    O, loss, (dW, db) = train.closed_form_step(model, None, X, y)
+    for loss_fn in (losses.cross_entropy, torch.nn.functional.cross_entropy):
+        O_ref, loss_ref, (dW_ref, db_ref) = train.autograd_step(model, loss_fn, X, y)
+        torch.testing.assert_close(O, O_ref)
+        torch.testing.assert_close(loss, loss_ref)
+        torch.testing.assert_close(dW, dW_ref, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(db, db_ref, rtol=1e-5, atol=1e-7)
+    assert dW.shape == (784, 10) and db.shape == (10,)
+
+
+@pytest.mark.parametrize('momentum, weight_decay', [(0.0, 0.0), (0.9, 1e-3)])
+def test_sgd_update_is_torch_optim_sgd(fashion_mnist, momentum, weight_decay):
+    X, y = _first_batch(fashion_mnist, 512)
+    torch.manual_seed(0)
+    mine, reference = SoftmaxRegression(), SoftmaxRegression()
+    reference.load_state_dict(mine.state_dict())
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    velocities = [torch.zeros_like(p) for p in mine.parameters()]
+    for start in range(0, 512, 128):  # four steps, so that momentum matters
+        Xb, yb = X[start:start + 128], y[start:start + 128]
+        _, _, grads = train.closed_form_step(mine, None, Xb, yb)
+        train.sgd_update(list(mine.parameters()), grads, velocities, 0.1, momentum, weight_decay)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(reference(Xb), yb).backward()
+        optimizer.step()
+    torch.testing.assert_close(mine.W, reference.W, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(mine.b, reference.b, rtol=1e-5, atol=1e-7)
+
+
+def test_cosine_schedule_starts_at_lr_and_decays_to_zero():
+    config = train.Config(lr=0.05, schedule='cosine')
+    assert train.learning_rate(config, 0, 100) == pytest.approx(0.05)
+    assert train.learning_rate(config, 50, 100) == pytest.approx(0.025)
+    assert train.learning_rate(config, 99, 100) < 1e-4
+    assert train.learning_rate(train.Config(lr=0.1), 99, 100) == 0.1
