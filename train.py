@@ -381,7 +381,8 @@ def plot_curves(histories, title):
     """Loss and accuracy against epoch, train solid and test dashed; one colour per run in `histories`."""
     # Redrawn after every epoch: a fixed layout renders in half the time of a layout engine.
     figure = _new_figure(10, 4.2, layout=None)
-    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.84, wspace=0.22)
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.84 - 0.05 * title.count('\n'),
+                           wspace=0.22)
     loss_axes, acc_axes = figure.subplots(1, 2)
     for index, (name, history) in enumerate(histories.items()):
         epochs = [row['epoch'] for row in history]
@@ -555,9 +556,10 @@ def compare(config, datasets, device):
             print(f"{loss} loss diverged at {error}; its finished epochs are kept in {history_path}")
     histories = {loss: history for loss, history in histories.items() if history}
     if histories:
-        save_figure(plot_curves(histories, f"the three losses from the same initial weights "
-                                           f"({config.recipe} recipe, lr {config.lr:g})"),
-                    os.path.join(config.out, 'compare.png'))
+        title = f"the three losses from the same initial weights ({config.recipe} recipe, lr {config.lr:g})"
+        for loss, reason in diverged.items():
+            title += f"\n{loss} diverged at {reason}"
+        save_figure(plot_curves(histories, title), os.path.join(config.out, 'compare.png'))
     finals = {loss: history[-1] for loss, history in histories.items()}
     write_text(os.path.join(config.out, 'compare.json'),
                json.dumps(dict(final=finals, diverged=diverged, config=dataclasses.asdict(config),
