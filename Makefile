@@ -25,8 +25,8 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-# Debian's package when the data is nowhere data.py looks and we may use apt-get; else torchvision
-# downloads it on first use.
+# Debian's package when the data is nowhere data.py looks and we may use apt-get; else torchvision's
+# download into ./data (train.py explains what to do if that fails too).
 data: $(VENV)/.installed
 	@if $(PY) data.py; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -35,7 +35,8 @@ data: $(VENV)/.installed
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null && \
 		$(PY) data.py; \
 	else \
-		echo "torchvision will download Fashion-MNIST into ./data on first use"; \
+		echo "downloading Fashion-MNIST with torchvision into ./data"; \
+		$(PY) -c 'import data; data.find_data_dir()' || true; \
 	fi
 
 clean:

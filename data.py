@@ -70,7 +70,8 @@ def find_data_dir(data_dir=None, download=True):
     explicit = data_dir or os.environ.get(ENV_VAR)
     if explicit:
         if not os.path.isdir(explicit):
-            raise DataError(f"data folder {explicit} does not exist. " + HOW_TO_GET_DATA)
+            problem = "is a file, not a folder" if os.path.exists(explicit) else "does not exist"
+            raise DataError(f"data folder {explicit} {problem}. " + HOW_TO_GET_DATA)
         missing = [name for images, labels, _ in SPLITS.values() for name in (images, labels)
                    if not _locate(name, explicit)]
         if missing:
@@ -130,6 +131,8 @@ def read_idx(path, magic, shape):
     if len(data) < header_size:
         raise DataError(f"{path}: file too short ({len(data)} bytes) for an IDX header; download it again")
     found_magic = int.from_bytes(data[0:4], 'big')
+    if data[:2] == b'\x1f\x8b':  # gzip's signature under a raw file's name
+        raise DataError(f"{path}: this is a gzip file; name it {os.path.basename(path)}.gz or decompress it")
     if found_magic != magic:
         kind = {IMAGES_MAGIC: 'images', LABELS_MAGIC: 'labels'}.get(found_magic, 'not an IDX uint8 file')
         raise DataError(f"{path}: wrong magic number {found_magic} (expected {magic}; this looks like {kind}). "

@@ -78,7 +78,7 @@ def cross_entropy_naive(y_hat, y, eps=0.0):
     With eps=0 a true-class probability that underflowed to 0 gives inf;
     eps=1e-8, as the notes suggest, caps the loss at -log(1e-8) ~ 18.42.
     """
-    return -torch.log(y_hat[range(len(y_hat)), y] + eps)
+    return -torch.log(y_hat[torch.arange(len(y_hat), device=y_hat.device), y] + eps)  # the notes' range(n)
 
 
 _REDUCTIONS = ('none', 'mean', 'sum')
@@ -238,7 +238,7 @@ class _CrossEntropyFromLogits(torch.autograd.Function):
             if reduction == 'none':  # one g_i per row
                 return grad_of_sum * grad_output.view(-1, 1), None, None, None
             # the fast path runs on CPU only, where reading a number is no device sync
-            scale = float(grad_output) / len(grad_of_sum) if reduction == 'mean' else float(grad_output)
+            scale = float(grad_output) / max(len(grad_of_sum), 1) if reduction == 'mean' else float(grad_output)
             return grad_of_sum * scale, None, None, None
 
         upstream = grad_output.view(-1, 1) if reduction == 'none' else grad_output

@@ -12,6 +12,11 @@ import os
 import signal
 import sys
 
+# On a machine shared with other work (CI, a second job), OpenMP threads that spin while waiting turn a
+# 0.25 s epoch into several seconds; passive waiting costs ~5% when the machine is idle. Measured on this
+# project's 2-core machine: 0.25 s vs 1.9-9.5 s per epoch beside one busy process. Set it yourself to override.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
 
 def _interrupted_while_starting(signum, frame):
     # Nothing is written before main() starts, so there is nothing to clean up; and an exception
@@ -31,6 +36,7 @@ import dataclasses
 import io
 import json
 import math
+import statistics
 import tempfile
 import time
 
@@ -82,7 +88,8 @@ class OutputError(Exception):
 
 class Diverged(Exception):
     def __init__(self, epoch, step, loss):
-        super().__init__(f"epoch {epoch}, step {step}: loss is {loss}")
+        where = f"step {step}" if isinstance(step, int) else step
+        super().__init__(f"epoch {epoch}, {where}: loss is {loss}")
         self.epoch, self.step, self.loss = epoch, step, loss
 
 
@@ -108,6 +115,16 @@ def positive_float(text):
     return value
 
 
+def seed_value(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, got {value}")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Softmax regression O = XW + b on Fashion-MNIST, as in Dive into Deep Learning ch. 3.",
@@ -129,7 +146,7 @@ def build_parser():
                              "weight decay and a cosine schedule (default: %(default)s)")
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto',
                         help="where to train; auto picks CUDA when available (default: %(default)s)")
-    parser.add_argument('--seed', type=int, default=0,
+    parser.add_argument('--seed', type=seed_value, default=0,
                         help="seeds the initial weights and the shuffling; same seed on CPU, same "
                              "history (default: %(default)s)")
     parser.add_argument('--data-dir', metavar='DIR',
@@ -192,14 +209,26 @@ def write_text(path, text):
     write_atomically(path, write)
 
 
+OUTPUT_FILES = ['history.csv', 'curves.png', 'metrics.json', 'model.pt', 'predictions.png', 'weights.png',
+                'confusion.png', 'compare.png', 'compare.json'] + [f"history_{loss}.csv" for loss in LOSSES]
+
+
 def check_out_dir(out):
     """Fail before training, not after, when the output folder cannot be made or written."""
+    if not out:
+        raise OutputError("--out is empty; give a folder name, e.g. --out outputs")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutputError(f"cannot write to output folder {out}: it is a file, not a folder")
     try:
         os.makedirs(out, exist_ok=True)
         write_text(os.path.join(out, '.write-test'), '')
         os.remove(os.path.join(out, '.write-test'))
     except OSError as error:
         raise OutputError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+    for name in OUTPUT_FILES:
+        path = os.path.join(out, name)
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise OutputError(f"cannot write {path}: something other than a file is in the way")
 
 
 def history_csv(history):
@@ -274,7 +303,8 @@ def closed_form_step(model, loss_fn, X, y):
         dO = (softmax(O) - onehot(y)) / n,   dW = X^T dO,   db = sum_i dO_i
 
     Returns (O, mean loss, [dW, db]): the same numbers autograd gives through losses.cross_entropy,
-    without building and walking a graph at every step.
+    without building and walking a graph at every step. loss_fn is unused: the formula above is the
+    scratch loss's; the argument keeps the signature of autograd_step.
     """
     O = model(X)
     losses, dO = cross_entropy_with_grad(O, y)
@@ -327,14 +357,14 @@ def train_epoch(model, step_fn, loss_fn, velocities, features, labels, config, g
     # The book's Accumulator: losses weighted by batch size (the last batch may be smaller), over n.
     batch_sizes = torch.full((steps,), float(config.batch_size), device=features.device)
     batch_sizes[-1] = n - (steps - 1) * config.batch_size
-    return float((step_losses * batch_sizes).sum()) / n, float(step_correct.sum()) / n
+    return float((step_losses * batch_sizes).sum()) / n, int(step_correct.sum()) / n
 
 
 @torch.no_grad()
 def evaluate(model, loss_fn, features, labels):
-    """Loss and accuracy on a whole split in one batch: (n, 784) @ (784, 10) is one GEMM."""
+    """Loss and number of correct predictions on a whole split in one batch: (n, 784) @ (784, 10) is one GEMM."""
     O = model(features)
-    return loss_fn(O, labels), correct_count(O, labels) / labels.shape[0]
+    return loss_fn(O, labels), correct_count(O, labels)
 
 
 def train(config, model, datasets, device, on_epoch=None, log=print):
@@ -357,9 +387,11 @@ def train(config, model, datasets, device, on_epoch=None, log=print):
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(model, step_fn, loss_fn, velocities, train_features, train_labels,
                                             config, generator, epoch, total_steps)
-        test_loss, test_acc = evaluate(model, loss_fn, test_features, test_labels)
+        test_loss, test_correct = evaluate(model, loss_fn, test_features, test_labels)
+        if not math.isfinite(float(test_loss)):  # e.g. the very last step blew up the weights
+            raise Diverged(epoch, 'evaluation on the test set', float(test_loss))
         row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
-                   test_loss=float(test_loss), test_acc=float(test_acc))
+                   test_loss=float(test_loss), test_acc=int(test_correct) / test_labels.shape[0])
         row['seconds'] = time.perf_counter() - start
         history.append(row)
         log(f"epoch {epoch:3d}/{config.epochs}  train loss {row['train_loss']:.4f}  "
@@ -470,17 +502,18 @@ def write_epoch_outputs(out, config, history, model, device, status, started):
                             f"softmax regression, {config.recipe} recipe, {config.loss} loss"),
                 os.path.join(out, 'curves.png'))
     write_metrics(out, config, history, device, status, started)
-    checkpoint = dict(model=model.state_dict(), config=dataclasses.asdict(config), epoch=history[-1]['epoch'],
+    state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}  # loadable without a GPU
+    checkpoint = dict(model=state, inputs='pixels / 255, flattened to (n, 784)',  # also for --recipe tuned
+                      config=dataclasses.asdict(config), epoch=history[-1]['epoch'],
                       test_acc=history[-1]['test_acc'], torch_version=str(torch.__version__))
     write_atomically(os.path.join(out, 'model.pt'), lambda tmp: torch.save(checkpoint, tmp))
 
 
 def write_metrics(out, config, history, device, status, started, extra=None):
-    seconds = sorted(row['seconds'] for row in history)
+    seconds = [row['seconds'] for row in history]
     metrics = dict(status=status, epochs_completed=len(history),
                    final={key: history[-1][key] for key in HISTORY_COLUMNS[1:5]} if history else None,
-                   seconds_per_epoch=[row['seconds'] for row in history],
-                   median_seconds_per_epoch=seconds[len(seconds) // 2] if seconds else None,
+                   seconds_per_epoch=seconds, median_seconds_per_epoch=statistics.median(seconds) if seconds else None,
                    wall_seconds=time.perf_counter() - started,
                    config=dataclasses.asdict(config), **environment(device), **(extra or {}))
     write_text(os.path.join(out, 'metrics.json'), json.dumps(metrics, indent=2) + '\n')
@@ -492,7 +525,7 @@ def write_final_figures(out, model, test_images, test_labels):
     features = prepare_features(test_images)
     predicted = model(features).argmax(1).cpu()
     labels = test_labels.cpu()
-    save_figure(plot_predictions(features.cpu()[:24], labels[:24].tolist(), predicted[:24].tolist()),
+    save_figure(plot_predictions(features[:24].cpu(), labels[:24].tolist(), predicted[:24].tolist()),
                 os.path.join(out, 'predictions.png'))
     save_figure(plot_weights(model.W.detach().cpu()), os.path.join(out, 'weights.png'))
     save_figure(plot_confusion(labels, predicted), os.path.join(out, 'confusion.png'))
@@ -503,16 +536,19 @@ def run(config, datasets, device):
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     model = SoftmaxRegression().to(device)
-    finished = {}  # the last finished epoch's history and model, what an interruption keeps
+    finished = {}  # the last finished epoch's history and model: what an interruption keeps
 
     def on_epoch(history, saved_model):
         finished.update(history=list(history), model=copy.deepcopy(saved_model))
         write_epoch_outputs(config.out, config, history, saved_model, device, 'running', started)
 
     def wrap_up(status):
-        if finished:
-            write_metrics(config.out, config, finished['history'], device, status, started)
-            write_final_figures(config.out, finished['model'], datasets[2], datasets[3])
+        with ctrl_c_ignored():  # a second Ctrl-C must not cut the wrap-up short
+            if finished:
+                # Written again, whole: an interruption may have stopped the last epoch's writing midway.
+                write_epoch_outputs(config.out, config, finished['history'], finished['model'], device,
+                                    status, started)
+                write_final_figures(config.out, finished['model'], datasets[2], datasets[3])
         return len(finished.get('history', []))
 
     try:
@@ -530,7 +566,7 @@ def run(config, datasets, device):
         return EXIT_INTERRUPTED
     wrap_up('finished')
     print(f"done: test accuracy {history[-1]['test_acc']:.4f} after {len(history)} epochs; "
-          f"median {sorted(r['seconds'] for r in history)[len(history) // 2]:.3f} s per epoch; "
+          f"median {statistics.median(row['seconds'] for row in history):.3f} s per epoch; "
           f"files in {config.out}/")
     return 0
 
@@ -540,49 +576,77 @@ def compare(config, datasets, device):
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     initial = SoftmaxRegression().to(device)
-    histories, diverged = {}, {}
-    for loss in LOSSES:
-        print(f"--- loss: {loss}")
-        run_config = dataclasses.replace(config, loss=loss)
-        history_path = os.path.join(config.out, f"history_{loss}.csv")
+    histories, diverged, code = {}, {}, 0
+    try:
+        for loss in LOSSES:
+            print(f"--- loss: {loss}")
+            history_path = os.path.join(config.out, f"history_{loss}.csv")
+            write_text(history_path, history_csv([]))  # a header, until the first epoch is done
 
-        def on_epoch(history, _model):
-            histories[loss] = list(history)
-            write_text(history_path, history_csv(history))
-        try:
-            train(run_config, copy.deepcopy(initial), datasets, device, on_epoch)
-        except Diverged as error:
-            diverged[loss] = str(error)
-            print(f"{loss} loss diverged at {error}; its finished epochs are kept in {history_path}")
-    histories = {loss: history for loss, history in histories.items() if history}
-    if histories:
-        title = f"the three losses from the same initial weights ({config.recipe} recipe, lr {config.lr:g})"
-        for loss, reason in diverged.items():
-            title += f"\n{loss} diverged at {reason}"
-        save_figure(plot_curves(histories, title), os.path.join(config.out, 'compare.png'))
-    finals = {loss: history[-1] for loss, history in histories.items()}
-    write_text(os.path.join(config.out, 'compare.json'),
-               json.dumps(dict(final=finals, diverged=diverged, config=dataclasses.asdict(config),
-                               wall_seconds=time.perf_counter() - started, **environment(device)),
-                          indent=2) + '\n')
-    print(f"done: compare.png and history_<loss>.csv in {config.out}/")
-    return 0
+            def on_epoch(history, _model):
+                histories[loss] = list(history)
+                write_text(history_path, history_csv(history))
+            try:
+                train(dataclasses.replace(config, loss=loss), copy.deepcopy(initial), datasets, device, on_epoch)
+            except Diverged as error:
+                diverged[loss] = str(error)
+                kept = len(histories.get(loss, []))
+                print(f"{loss} loss diverged at {error}; its {kept} finished epoch(s) are in {history_path}")
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the finished epochs are kept in {config.out}/", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    with ctrl_c_ignored():
+        histories = {loss: history for loss, history in histories.items() if history}
+        if histories:
+            title = f"the three losses from the same initial weights ({config.recipe} recipe, lr {config.lr:g})"
+            for loss, reason in diverged.items():
+                title += f"\n{loss} diverged at {reason}"
+            save_figure(plot_curves(histories, title), os.path.join(config.out, 'compare.png'))
+        finals = {loss: history[-1] for loss, history in histories.items()}
+        report = dict(final=finals, diverged=diverged, config=dict(dataclasses.asdict(config), loss=list(LOSSES)),
+                      wall_seconds=time.perf_counter() - started, **environment(device))
+        write_text(os.path.join(config.out, 'compare.json'), json.dumps(report, indent=2) + '\n')
+    if code == 0:
+        print(f"done: compare.png and history_<loss>.csv in {config.out}/")
+    return code
+
+
+@contextlib.contextmanager
+def ctrl_c_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv=None):
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on Ctrl-C is a KeyboardInterrupt
-    config = parse_config(argv)  # bad flags: argparse prints usage and the problem, exits 2
+    # From here on Ctrl-C (and a plain `kill`) is a KeyboardInterrupt that the run turns into a clean stop.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        config = parse_config(argv)  # bad flags: argparse prints usage and the problem, exits 2
         check_out_dir(config.out)
+        import matplotlib.figure  # noqa: F401 -- imported now, not half-way through an interrupted save
         device = resolve_device(config.device)
         datasets = data.load_fashion_mnist(config.data_dir, device)
         return (compare if config.compare else run)(config, datasets, device)
     except (DataError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as error:  # e.g. the disk filled up while writing outputs
+        print(f"error: cannot write {error.filename or 'an output file'}: {error.strerror or error}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before the first epoch: nothing to keep
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == '__main__':

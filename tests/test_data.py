@@ -194,6 +194,13 @@ def test_a_truncated_gzip_is_named_as_such(tmp_path):
         _read_labels(path)
 
 
+def test_a_gzip_file_without_its_gz_suffix_is_named_as_such(tmp_path):
+    path = tmp_path / 'train-labels-idx1-ubyte'
+    path.write_bytes(gzip.compress(_idx(data.LABELS_MAGIC, [3], bytes(3))))
+    with pytest.raises(DataError, match='this is a gzip file; name it train-labels-idx1-ubyte.gz'):
+        _read_labels(path)
+
+
 def test_an_html_page_saved_as_gz_is_not_gzip(tmp_path):
     path = tmp_path / 'train-labels-idx1-ubyte.gz'
     path.write_bytes(b'<!DOCTYPE html><html><body>Access denied</body></html>')

@@ -66,6 +66,8 @@ BAD_FLAGS = {
     'unknown loss': (['--loss', 'hinge'], '--loss'),
     'unknown device': (['--device', 'tpu'], '--device'),
     'unknown recipe': (['--recipe', 'fast'], '--recipe'),
+    'huge seed': (['--seed', '99999999999999999999999'], '--seed'),
+    'negative seed': (['--seed', '-1'], '--seed'),
 }
 
 
@@ -105,14 +107,25 @@ def test_auto_device_says_when_it_falls_back_to_cpu(capsys):
 
 @pytest.mark.parametrize('make_out', [
     lambda tmp: tmp / 'a-file' / 'outputs',           # below a regular file
+    lambda tmp: tmp / 'a-file',                       # a regular file itself
     lambda tmp: '/proc/outputs-cannot-live-here',     # a file system that refuses new folders
+    lambda tmp: '',                                   # nothing at all
 ])
 def test_an_unwritable_out_fails_before_training_starts(tmp_path, make_out):
     (tmp_path / 'a-file').write_text('I am a file')
     started = time.monotonic()
     code, stdout, err = finish(start('--out', str(make_out(tmp_path)), '--epochs', '1'))
     assert code == 2
-    assert_one_line_error(err, 'error: cannot write to output folder')
+    assert_one_line_error(err, 'error: ')
+    assert 'output folder' in err or '--out' in err
+    assert 'epoch' not in stdout
+
+
+def test_a_folder_in_place_of_an_output_file_is_refused_before_training(tmp_path):
+    (tmp_path / 'history.csv').mkdir()
+    code, stdout, err = finish(start('--out', str(tmp_path), '--epochs', '1'))
+    assert code == 2
+    assert_one_line_error(err, 'history.csv', 'something other than a file is in the way')
     assert 'epoch' not in stdout
 
 
@@ -180,6 +193,7 @@ def test_bad_data_files_give_one_line_naming_the_file_and_exit_2(tmp_path, case)
 @pytest.mark.parametrize('make_folder, message', [
     (lambda tmp: tmp / 'does-not-exist', 'does not exist'),
     (lambda tmp: tmp, 'lacks train-images-idx3-ubyte'),
+    (lambda tmp: (tmp / 'a-file').write_text('x') and tmp / 'a-file', 'is a file, not a folder'),
 ])
 def test_a_missing_or_empty_data_folder_says_how_to_provide_the_data(tmp_path, make_folder, message):
     code, _, err = finish(start('--data-dir', str(make_folder(tmp_path)), '--out', str(tmp_path / 'out')))
@@ -255,6 +269,36 @@ def test_ctrl_c_keeps_finished_epochs_and_exits_130(tmp_path):
     assert metrics['status'] == 'interrupted' and metrics['epochs_completed'] == len(history)
     for name in ('curves.png', 'model.pt', 'predictions.png', 'weights.png', 'confusion.png'):
         assert (tmp_path / name).stat().st_size > 0, name
+    assert no_temporary_files(tmp_path)
+
+
+def test_ctrl_c_while_the_first_epoch_is_being_saved_keeps_it_whole(tmp_path):
+    process = start('--epochs', '1000', '--out', str(tmp_path))
+    assert _wait_for_rows(tmp_path / 'history.csv', 1, process), finish(process)
+    process.send_signal(signal.SIGINT)  # at once: curves.png and model.pt may be mid-way
+    code, _, err = finish(process)
+    assert code == 130 and 'Traceback' not in err
+    rows = len(read_history(tmp_path / 'history.csv'))
+    assert rows >= 1
+    checkpoint = torch.load(tmp_path / 'model.pt', weights_only=True)
+    assert checkpoint['epoch'] == rows  # history and checkpoint tell of the same epoch
+    for name in ('curves.png', 'predictions.png', 'weights.png', 'confusion.png'):
+        assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG', name
+    assert no_temporary_files(tmp_path)
+
+
+@pytest.mark.parametrize('signals', [[signal.SIGINT, signal.SIGINT, signal.SIGINT], [signal.SIGTERM]])
+def test_repeated_ctrl_c_or_kill_still_stop_cleanly(tmp_path, signals):
+    process = start('--epochs', '1000', '--out', str(tmp_path))
+    assert _wait_for_rows(tmp_path / 'history.csv', 2, process), finish(process)
+    for sig in signals:
+        process.send_signal(sig)
+        time.sleep(0.05)
+    code, _, err = finish(process)
+    assert code == 130 and 'Traceback' not in err
+    assert json.loads((tmp_path / 'metrics.json').read_text())['status'] == 'interrupted'
+    for name in ('predictions.png', 'weights.png', 'confusion.png'):
+        assert (tmp_path / name).is_file(), name
     assert no_temporary_files(tmp_path)
 
 
