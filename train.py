@@ -13,7 +13,7 @@ import signal
 import sys
 
 # On a machine shared with other work (CI, a second job), OpenMP threads that spin while waiting turn a
-# 0.25 s epoch into several seconds; passive waiting costs ~5% when the machine is idle. Measured on this
+# 0.25 s epoch into several seconds; passive waiting costs ~10% when the machine is idle. Measured on this
 # project's 2-core machine: 0.25 s vs 1.9-9.5 s per epoch beside one busy process. Set it yourself to override.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
