@@ -95,14 +95,21 @@ class Diverged(Exception):
 
 # ----------------------------------------------------------------------------- command line
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def whole_number(low, high=None):
+    """An argparse type: an integer n with low <= n (< high when given)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value >= high):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high - 1}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+    return parse
+
+
+positive_int = whole_number(1)
 
 
 def positive_float(text):
@@ -112,16 +119,6 @@ def positive_float(text):
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
-def seed_value(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, got {value}")
     return value
 
 
@@ -139,14 +136,15 @@ def build_parser():
                              % RECIPES['tuned']['lr'])
     parser.add_argument('--loss', choices=sorted(LOSSES), default='scratch',
                         help="cross-entropy implementation (losses.py): naive = the notes' "
-                             "-log(softmax) that overflows, scratch = stable LogSumExp with the hand-written "
-                             "gradient softmax(o) - y, torch = nn.CrossEntropyLoss (default: %(default)s)")
+                             "-log(softmax) that overflows, through autograd; scratch = stable LogSumExp, "
+                             "trained with its closed-form gradient (softmax(O) - Y)/n and no autograd; "
+                             "torch = nn.CrossEntropyLoss through autograd (default: %(default)s)")
     parser.add_argument('--recipe', choices=sorted(RECIPES), default='textbook',
                         help="textbook = the book's SGD run; tuned = standardised inputs, momentum, "
                              "weight decay and a cosine schedule (default: %(default)s)")
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto',
                         help="where to train; auto picks CUDA when available (default: %(default)s)")
-    parser.add_argument('--seed', type=seed_value, default=0,
+    parser.add_argument('--seed', type=whole_number(0, 2**63), default=0,
                         help="seeds the initial weights and the shuffling; same seed on CPU, same "
                              "history (default: %(default)s)")
     parser.add_argument('--data-dir', metavar='DIR',
