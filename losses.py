@@ -270,8 +270,8 @@ class _CrossEntropyFromLogits(torch.autograd.Function):
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0):
     """Cross-entropy from logits, l_i = -sum_j q_ij log softmax(o_i)_j, as F.cross_entropy.
 
-    input: (N, C) logits, float32 or float64.
-    target: (N,) int64 class indices, or (N, C) class probabilities
+    input: (N, C) logits, float32 or float64 (or one example's (C,), as torch allows).
+    target: (N,) int64 (or uint8) class indices, or (N, C) class probabilities
         (one-hot included).
     weight: optional (C,) per-class weights w.
     ignore_index: index targets equal to it contribute nothing (index targets only).
@@ -286,6 +286,13 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean
     (sum_k q_ik) softmax(o_i) - q_i; it flows to input only (not to target
     or weight) and cannot be differentiated again.
     """
+    if isinstance(input, torch.Tensor) and input.dim() == 1 and isinstance(target, torch.Tensor):
+        # one unbatched example, as torch allows: (C,) logits with a 0-dim index or (C,) probabilities
+        loss = cross_entropy(input.unsqueeze(0), target.unsqueeze(0), weight, ignore_index, reduction,
+                             label_smoothing)
+        return loss.squeeze(0) if reduction == 'none' else loss
+    if isinstance(target, torch.Tensor) and target.dtype == torch.uint8:
+        target = target.long()  # torch takes Byte class indices too
     is_probability = _check_arguments(input, target, weight, ignore_index, reduction, label_smoothing)
     C = input.shape[1]
     label_smoothing = float(label_smoothing)

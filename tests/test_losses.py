@@ -285,7 +285,24 @@ def test_bad_options_raise_value_error():
     with pytest.raises(ValueError, match='ignore_index'):
         cross_entropy(x, torch.rand(4, 10), ignore_index=0)
     with pytest.raises(ValueError, match=r'\(N, C\)'):
-        cross_entropy(torch.randn(10), torch.tensor(1))
+        cross_entropy(torch.randn(2, 10, 3), torch.zeros(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+@pytest.mark.parametrize('target', [torch.tensor(2), torch.tensor([0.2, 0.3, 0.5])])
+def test_one_unbatched_example_behaves_as_torch(target, reduction):
+    logits = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    mine, theirs = cross_entropy(logits, target, reduction=reduction), F.cross_entropy(logits, target,
+                                                                                        reduction=reduction)
+    assert mine.shape == theirs.shape
+    torch.testing.assert_close(mine, theirs)
+    torch.testing.assert_close(torch.autograd.grad(mine.sum(), logits)[0],
+                               torch.autograd.grad(theirs.sum(), logits)[0])
+
+
+def test_byte_class_indices_are_accepted_as_torch_accepts_them():
+    logits, target = torch.randn(4, 5), torch.tensor([0, 1, 4, 2], dtype=torch.uint8)
+    torch.testing.assert_close(cross_entropy(logits, target), F.cross_entropy(logits, target))
 
 
 # -----------------------------------------------------------------------------
