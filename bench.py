@@ -7,7 +7,7 @@ The book's pipeline (d2l 3.5-3.7): torchvision FashionMNIST with ToTensor, DataL
 shuffle=True, num_workers=4), nn.Linear, nn.CrossEntropyLoss, SGD lr 0.1; an epoch is one pass over the
 60,000 training images plus the accuracy on the 10,000 test images, as train.py's epoch is. Each pipeline
 runs in its own process so that its peak memory (RSS, DataLoader workers included) is its own, and in
-the environment it would have: the book's as you run it, train.py's with the OMP_WAIT_POLICY it sets. Also times
+the environment it would have: the book's as you run it, train.py's with the GOMP_SPINCOUNT it sets. Also times
 forward plus backward of losses.cross_entropy against F.cross_entropy. Writes outputs/bench.json.
 """
 import argparse
@@ -125,8 +125,8 @@ def run_child(pipeline, args):
     if args.data_dir:
         command += ['--data-dir', args.data_dir]
     env = dict(os.environ)
-    if pipeline == 'ours':  # what `python train.py` sets for itself before importing torch
-        env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    if pipeline == 'ours' and 'OMP_WAIT_POLICY' not in env:  # what train.py sets before importing torch
+        env.setdefault('GOMP_SPINCOUNT', '1000')
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         sys.exit(f"bench: the {pipeline} pipeline failed:\n{result.stderr.strip()}")

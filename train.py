@@ -12,10 +12,12 @@ import os
 import signal
 import sys
 
-# On a machine shared with other work (CI, a second job), OpenMP threads that spin while waiting turn a
-# 0.25 s epoch into several seconds; passive waiting costs ~10% when the machine is idle. Measured on this
-# project's 2-core machine: 0.25 s vs 1.9-9.5 s per epoch beside one busy process. Set it yourself to override.
-os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+# OpenMP threads that wait for work by spinning (libgomp's default: ~300,000 spins) turn a 0.2 s epoch
+# into 1.9-9.5 s when another process wants one of this machine's 2 cores. Spinning briefly keeps the
+# idle speed (0.217 s vs 0.23-0.27 s with OMP_WAIT_POLICY=PASSIVE) and makes contention cost ~0.34 s.
+# Set either variable yourself to override.
+if 'OMP_WAIT_POLICY' not in os.environ:
+    os.environ.setdefault('GOMP_SPINCOUNT', '1000')
 
 
 def _interrupted_while_starting(signum, frame):
