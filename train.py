@@ -302,17 +302,17 @@ def closed_form_step(model, loss_fn, X, y):
 
         dO = (softmax(O) - onehot(y)) / n,   dW = X^T dO,   db = sum_i dO_i
 
-    Returns (O, mean loss, [dW, db]): the same numbers autograd gives through losses.cross_entropy,
+    Returns (O, per-example losses, [dW, db]): the numbers autograd gives through losses.cross_entropy,
     without building and walking a graph at every step. loss_fn is unused: the formula above is the
     scratch loss's; the argument keeps the signature of autograd_step.
     """
     O = model(X)
     losses, dO = cross_entropy_with_grad(O, y)
-    return O, losses.mean(), model.gradients(X, dO.div_(y.shape[0]))
+    return O, losses, model.gradients(X, dO.div_(y.shape[0]))
 
 
 def autograd_step(model, loss_fn, X, y):
-    """Gradients by loss.backward(), for the naive and torch losses. Returns (O, loss, [dW, db])."""
+    """Gradients by loss.backward(), for the naive and torch losses. Returns (O, mean loss, [dW, db])."""
     O = model(X)
     loss = loss_fn(O, y)
     model.zero_grad(set_to_none=True)
@@ -327,14 +327,15 @@ def train_epoch(model, step_fn, loss_fn, velocities, features, labels, config, g
     the epoch, and the first bad step is reported.
     """
     from tqdm import tqdm
-    n = features.shape[0]
-    steps = -(-n // config.batch_size)
-    # Each step's loss and number of correct predictions stay on the device until the epoch is over.
-    step_losses = torch.empty(steps, device=features.device)
-    step_correct = torch.empty(steps, dtype=torch.long, device=features.device)
+    n, batch_size = features.shape[0], config.batch_size
+    steps = -(-n // batch_size)
+    # The book's Accumulator, kept on the device until the epoch is over: each example's loss (a batch's
+    # mean loss for the autograd losses) and whether it was predicted right, in the order visited.
+    example_losses = torch.empty(n, device=features.device)
+    example_correct = torch.empty(n, dtype=torch.bool, device=features.device)
     live_postfix = features.device.type == 'cpu'  # on CPU a read is free; on CUDA it would stall the GPU
     next_postfix = time.monotonic()
-    bar = tqdm(data.batches(features, labels, config.batch_size, generator), total=steps, leave=False,
+    bar = tqdm(data.batches(features, labels, batch_size, generator), total=steps, leave=False,
                desc=f"epoch {epoch}/{config.epochs}", unit='batch', disable=None, dynamic_ncols=True)
     params = list(model.parameters())
     first_step = (epoch - 1) * steps
@@ -342,22 +343,19 @@ def train_epoch(model, step_fn, loss_fn, velocities, features, labels, config, g
         O, loss, grads = step_fn(model, loss_fn, X, y)
         lr = learning_rate(config, first_step + step, total_steps)
         sgd_update(params, grads, velocities, lr, config.momentum, config.weight_decay)
-        step_losses[step] = loss
-        step_correct[step] = correct_count(O, y)
+        start, stop = step * batch_size, step * batch_size + y.shape[0]
+        example_losses[start:stop] = loss
+        torch.eq(O.argmax(1), y, out=example_correct[start:stop])
         if live_postfix and time.monotonic() >= next_postfix:
             next_postfix = time.monotonic() + 0.2
-            seen = min((step + 1) * config.batch_size, n)
-            bar.set_postfix_str(f"loss {float(step_losses[:step + 1].mean()):.4f} "
-                                f"acc {float(step_correct[:step + 1].sum()) / seen:.4f}")
+            bar.set_postfix_str(f"loss {float(example_losses[:stop].mean()):.4f} "
+                                f"acc {float(example_correct[:stop].float().mean()):.4f}")
     bar.close()
-    finite = torch.isfinite(step_losses)
+    finite = torch.isfinite(example_losses)
     if not bool(finite.all()):
         first_bad = int((~finite).nonzero()[0])
-        raise Diverged(epoch, first_bad + 1, float(step_losses[first_bad]))
-    # The book's Accumulator: losses weighted by batch size (the last batch may be smaller), over n.
-    batch_sizes = torch.full((steps,), float(config.batch_size), device=features.device)
-    batch_sizes[-1] = n - (steps - 1) * config.batch_size
-    return float((step_losses * batch_sizes).sum()) / n, int(step_correct.sum()) / n
+        raise Diverged(epoch, first_bad // batch_size + 1, float(example_losses[first_bad]))
+    return float(example_losses.mean()), int(example_correct.sum()) / n
 
 
 @torch.no_grad()
