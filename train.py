@@ -541,7 +541,7 @@ def run(config, datasets, device):
         write_epoch_outputs(config.out, config, history, saved_model, device, 'running', started)
 
     def wrap_up(status):
-        with ctrl_c_ignored():  # a second Ctrl-C must not cut the wrap-up short
+        with ctrl_c_ignored():
             if finished:
                 # Written again, whole: an interruption may have stopped the last epoch's writing midway.
                 write_epoch_outputs(config.out, config, finished['history'], finished['model'], device,
@@ -611,11 +611,13 @@ def compare(config, datasets, device):
 
 @contextlib.contextmanager
 def ctrl_c_ignored():
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """While the last files are written, a second Ctrl-C (or kill) must not cut them short."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt(signum, frame):
