@@ -195,12 +195,11 @@ class _CrossEntropyFromLogits(torch.autograd.Function):
             if reduction == 'mean':
                 return losses.mean()
             return losses.sum() if reduction == 'sum' else losses
-        shifted = input - input.amax(1, keepdim=True)  # o - max: exponents <= 0
 
         weight, ignore_index, label_smoothing, is_probability = options
         ctx.label_smoothing, ctx.is_probability = label_smoothing, is_probability
         N, C = input.shape
-        log_probs = shifted - shifted.exp().sum(1, keepdim=True).log()
+        log_probs = log_softmax(input, 1)  # the LogSumExp form above
         if is_probability:
             # q_ij = w_j ((1 - eps) t_ij + eps / C); the mean is over N rows
             mass = target

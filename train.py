@@ -246,12 +246,9 @@ def save_figure(figure, path):
 
 # ----------------------------------------------------------------------------- training
 
-def prepare_features(images, mean=None, std=None):
-    """uint8 (N, 784) -> float32 features held for the whole run: X/255, then (X - mean)/std if given."""
-    features = images.float().div_(255)  # exactly ToTensor's scaling
-    if mean is not None:
-        features.sub_(mean).div_(std)
-    return features
+def prepare_features(images):
+    """uint8 (N, 784) -> float32 (N, 784) features held for the whole run: X/255, exactly ToTensor's scaling."""
+    return images.float().div_(255)
 
 
 def pixel_statistics(train_features):
@@ -368,11 +365,12 @@ def evaluate(model, loss_fn, features, labels):
 def train(config, model, datasets, device, on_epoch=None, log=print):
     """The epoch loop. After each epoch calls on_epoch(history, model); raises Diverged on nan/inf loss."""
     train_images, train_labels, test_images, test_labels = datasets
+    train_features, test_features = prepare_features(train_images), prepare_features(test_images)
     mean = std = None
-    if config.standardize:
-        mean, std = pixel_statistics(prepare_features(train_images))
-    train_features = prepare_features(train_images, mean, std)
-    test_features = prepare_features(test_images, mean, std)
+    if config.standardize:  # (X - mean) / std, with the training set's per-pixel statistics
+        mean, std = pixel_statistics(train_features)
+        train_features.sub_(mean).div_(std)
+        test_features.sub_(mean).div_(std)
     loss_fn = LOSSES[config.loss]
     # The scratch loss trains with its closed-form gradient; the others through autograd. Both feed the
     # same SGD update, and a test checks that the two ways give the same step.
