@@ -337,6 +337,7 @@ def train_epoch(model, step_fn, loss_fn, velocities, features, labels, config, g
     params = list(model.parameters())
     first_step = (epoch - 1) * steps
     for step, (X, y) in enumerate(bar):
+        stop_if_requested()
         O, loss, grads = step_fn(model, loss_fn, X, y)
         lr = learning_rate(config, first_step + step, total_steps)
         sgd_update(params, grads, velocities, lr, config.momentum, config.weight_decay)
@@ -395,6 +396,7 @@ def train(config, model, datasets, device, on_epoch=None, log=print):
             f"test acc {row['test_acc']:.4f}  {row['seconds']:.2f} s")
         if on_epoch:  # what is saved always takes X/255, like the textbook model
             on_epoch(history, model if mean is None else folded_copy(model, mean, std))
+        stop_if_requested()
     return history
 
 
@@ -618,12 +620,24 @@ def ctrl_c_ignored():
             signal.signal(sig, handler)
 
 
+_stop_requested = []  # set by Ctrl-C / kill; checked at every step in case the KeyboardInterrupt was lost
+
+
 def _interrupt(signum, frame):
+    # The exception can land inside code that swallows it (an import lock's weakref callback did, in a
+    # test), so the request is also remembered and the step loop raises it again at its next step.
+    _stop_requested.append(signum)
     raise KeyboardInterrupt
+
+
+def stop_if_requested():
+    if _stop_requested:
+        raise KeyboardInterrupt
 
 
 def main(argv=None):
     # From here on Ctrl-C (and a plain `kill`) is a KeyboardInterrupt that the run turns into a clean stop.
+    _stop_requested.clear()
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         config = parse_config(argv)  # bad flags: argparse prints usage and the problem, exits 2
