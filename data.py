@@ -20,6 +20,8 @@ import zlib
 
 import torch
 
+from cli import InputError
+
 # The book's names for the ten classes, in label order (d2l 3.5.1, get_fashion_mnist_labels).
 TEXT_LABELS = ['t-shirt', 'trouser', 'pullover', 'dress', 'coat',
                'sandal', 'shirt', 'sneaker', 'bag', 'ankle boot']
@@ -48,7 +50,7 @@ HOW_TO_GET_DATA = (
     f"(3) run once with network access so torchvision downloads it into ./{TORCHVISION_ROOT}.")
 
 
-class DataError(Exception):
+class DataError(InputError):
     """The data is missing or is not the official Fashion-MNIST; the message says which file and why."""
 
 

@@ -6,12 +6,14 @@
 import sys
 
 import torch
+
+from cli import InputError
 from torch import nn
 
 from data import NUM_CLASSES, NUM_INPUTS
 
 
-class CheckpointError(Exception):
+class CheckpointError(InputError):
     """model.pt is missing, corrupt, or not a checkpoint of this model; the message says which."""
 
 

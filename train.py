@@ -9,7 +9,6 @@ predictions.png, weights.png, confusion.png from the last finished epoch when th
 interrupted. Exit codes: 0 done, 1 diverged (loss became nan/inf), 2 bad input, 130 interrupted (Ctrl-C).
 """
 import os
-import signal
 import sys
 
 # OpenMP threads that wait for work by spinning (libgomp's default: ~300,000 spins) turn a 0.2 s epoch
@@ -20,18 +19,12 @@ if 'OMP_WAIT_POLICY' not in os.environ:
     os.environ.setdefault('GOMP_SPINCOUNT', '1000')
 
 
-def _interrupted_while_starting(signum, frame):
-    # Nothing is written before main() starts, so there is nothing to clean up; and an exception
-    # raised here could be swallowed by a bare `except:` in some library's import code.
-    print("\ninterrupted", file=sys.stderr, flush=True)
-    os._exit(130)
+import cli
 
-
-if __name__ == '__main__':  # Ctrl-C while torch is still importing: exit 130 without a traceback
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
+if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
+    cli.start()
 
 import argparse
-import contextlib
 import copy
 import csv
 import dataclasses
@@ -39,13 +32,13 @@ import io
 import json
 import math
 import statistics
-import tempfile
 import time
 
 import torch
 
 import data
-from data import DataError, TEXT_LABELS
+import plots
+from cli import EXIT_DIVERGED, EXIT_INTERRUPTED, OutputError, stop_if_requested, write_atomically, write_text
 from losses import LOSSES, correct_count, cross_entropy_with_grad
 from model import SoftmaxRegression
 
@@ -61,7 +54,6 @@ RECIPES = {
     'tuned': dict(epochs=5, batch_size=256, lr=0.05, momentum=0.9,
                   weight_decay=1e-3, schedule='cosine', standardize=True),
 }
-EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 HISTORY_COLUMNS = ['epoch', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds']
 
 
@@ -84,10 +76,6 @@ class Config:
     standardize: bool = False
 
 
-class OutputError(Exception):
-    """The output folder cannot be created or written."""
-
-
 class Diverged(Exception):
     def __init__(self, epoch, step, loss):
         where = f"step {step}" if isinstance(step, int) else step
@@ -97,35 +85,11 @@ class Diverged(Exception):
 
 # ----------------------------------------------------------------------------- command line
 
-def whole_number(low, high=None):
-    """An argparse type: an integer n with low <= n (< high when given)."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low or (high is not None and value >= high):
-            bounds = f"at least {low}" if high is None else f"between {low} and {high - 1}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
-        return value
-    return parse
-
-
-positive_int = whole_number(1)
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
+positive_int = cli.whole_number(1)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Softmax regression O = XW + b on Fashion-MNIST, as in Dive into Deep Learning ch. 3.",
         epilog="Exit codes: 0 done, 1 the loss diverged (nan/inf), 2 bad input, 130 interrupted.")
     parser.add_argument('--epochs', type=positive_int,
@@ -133,7 +97,7 @@ def build_parser():
                              % RECIPES['tuned']['epochs'])
     parser.add_argument('--batch-size', type=positive_int,
                         help="examples per SGD step (textbook 256, tuned %d)" % RECIPES['tuned']['batch_size'])
-    parser.add_argument('--lr', type=positive_float,
+    parser.add_argument('--lr', type=cli.positive_float32,
                         help="learning rate (textbook 0.1, tuned %g, its peak before cosine decay)"
                              % RECIPES['tuned']['lr'])
     parser.add_argument('--loss', choices=sorted(LOSSES), default='scratch',
@@ -146,7 +110,7 @@ def build_parser():
                              "weight decay and a cosine schedule (default: %(default)s)")
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto',
                         help="where to train; auto picks CUDA when available (default: %(default)s)")
-    parser.add_argument('--seed', type=whole_number(0, 2**63), default=0,
+    parser.add_argument('--seed', type=cli.whole_number(0, 2**63), default=0,
                         help="seeds the initial weights and the shuffling; same seed on CPU, same "
                              "history (default: %(default)s)")
     parser.add_argument('--data-dir', metavar='DIR',
@@ -183,48 +147,13 @@ def resolve_device(name):
 
 # ----------------------------------------------------------------------------- files, written atomically
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_atomically(path, write):
-    """Call write(tmp_path), then rename tmp over path: readers see the old file or the new one, never half."""
-    folder = os.path.dirname(path) or '.'
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_text(path, text):
-    def write(tmp):
-        with open(tmp, 'w', newline='') as f:
-            f.write(text)
-    write_atomically(path, write)
-
-
 OUTPUT_FILES = ['history.csv', 'curves.png', 'metrics.json', 'model.pt', 'predictions.png', 'weights.png',
                 'confusion.png', 'compare.png', 'compare.json'] + [f"history_{loss}.csv" for loss in LOSSES]
 
 
 def check_out_dir(out):
     """Fail before training, not after, when the output folder cannot be made or written."""
-    if not out:
-        raise OutputError("--out is empty; give a folder name, e.g. --out outputs")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise OutputError(f"cannot write to output folder {out}: it is a file, not a folder")
-    try:
-        os.makedirs(out, exist_ok=True)
-        write_text(os.path.join(out, '.write-test'), '')
-        os.remove(os.path.join(out, '.write-test'))
-    except OSError as error:
-        raise OutputError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+    cli.prepare_out_dir(out)
     for name in OUTPUT_FILES:
         path = os.path.join(out, name)
         if os.path.exists(path) and not os.path.isfile(path):
@@ -238,10 +167,6 @@ def history_csv(history):
     for row in history:
         writer.writerow([row['epoch']] + [f"{row[key]:.6f}" for key in HISTORY_COLUMNS[1:]])
     return buffer.getvalue()
-
-
-def save_figure(figure, path):
-    write_atomically(path, lambda tmp: figure.savefig(tmp, format='png', dpi=110))
 
 
 # ----------------------------------------------------------------------------- training
@@ -400,91 +325,6 @@ def train(config, model, datasets, device, on_epoch=None, log=print):
     return history
 
 
-# ----------------------------------------------------------------------------- figures
-
-def _new_figure(width, height, layout='constrained'):
-    from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
-    return Figure(figsize=(width, height), layout=layout)
-
-
-def plot_curves(histories, title):
-    """Loss and accuracy against epoch, train solid and test dashed; one colour per run in `histories`."""
-    # Redrawn after every epoch: a fixed layout renders in half the time of a layout engine.
-    figure = _new_figure(10, 4.2, layout=None)
-    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.84 - 0.05 * title.count('\n'),
-                           wspace=0.22)
-    loss_axes, acc_axes = figure.subplots(1, 2)
-    for index, (name, history) in enumerate(histories.items()):
-        epochs = [row['epoch'] for row in history]
-        color = f"C{index}"
-        prefix = f"{name}: " if len(histories) > 1 else ''
-        for axes, key in ((loss_axes, 'loss'), (acc_axes, 'acc')):
-            axes.plot(epochs, [row['train_' + key] for row in history], '-o', color=color, markersize=3,
-                      label=prefix + 'train')
-            axes.plot(epochs, [row['test_' + key] for row in history], '--s', color=color, markersize=3,
-                      label=prefix + 'test')
-    loss_axes.set(xlabel='epoch', ylabel='cross-entropy loss', title='loss')
-    acc_axes.set(xlabel='epoch', ylabel='accuracy', title='accuracy')
-    for axes in (loss_axes, acc_axes):
-        axes.grid(alpha=0.3)
-        axes.legend()
-        axes.xaxis.get_major_locator().set_params(integer=True)
-    figure.suptitle(title)
-    return figure
-
-
-def plot_predictions(images, labels, predicted, count=24, columns=8):
-    """The book's predict_ch3: test images titled true / predicted; mistakes in red with a red frame."""
-    figure = _new_figure(columns * 1.3, -(-count // columns) * 1.6)
-    for index, axes in enumerate(figure.subplots(-(-count // columns), columns).flat):
-        axes.set_xticks([])
-        axes.set_yticks([])
-        if index >= count:
-            axes.set_axis_off()
-            continue
-        axes.imshow(images[index].reshape(28, 28).numpy(), cmap='gray_r')
-        true, guess = TEXT_LABELS[labels[index]], TEXT_LABELS[predicted[index]]
-        wrong = true != guess
-        axes.set_title(f"{true}\n{'✗ ' if wrong else ''}{guess}", fontsize=8, color='red' if wrong else 'black')
-        for spine in axes.spines.values():
-            spine.set(color='red' if wrong else 'lightgray', linewidth=2 if wrong else 0.5)
-    wrong_count = sum(int(a != b) for a, b in zip(labels[:count], predicted[:count]))
-    figure.suptitle(f"first {count} test images: true label above predicted ({wrong_count} wrong, in red)")
-    return figure
-
-
-def plot_weights(W):
-    """Each column of W, a (784,) template, as a 28x28 image: red pixels vote for the class, blue against."""
-    figure = _new_figure(12, 5)
-    limit = float(W.abs().max())
-    for index, axes in enumerate(figure.subplots(2, 5).flat):
-        image = axes.imshow(W[:, index].reshape(28, 28).numpy(), cmap='RdBu_r', vmin=-limit, vmax=limit)
-        axes.set_title(TEXT_LABELS[index])
-        axes.set_axis_off()
-    figure.colorbar(image, ax=figure.axes, shrink=0.8, label='weight')
-    figure.suptitle("columns of W as images (O = XW + b)")
-    return figure
-
-
-def plot_confusion(labels, predicted):
-    """10x10 counts: row = true class, column = predicted class; the diagonal is what was right."""
-    confusion = torch.bincount(labels * 10 + predicted, minlength=100).reshape(10, 10)
-    figure = _new_figure(8, 7)
-    axes = figure.subplots()
-    axes.imshow(confusion.numpy(), cmap='Blues')
-    for i in range(10):
-        for j in range(10):
-            count = int(confusion[i, j])
-            axes.text(j, i, count, ha='center', va='center', fontsize=8,
-                      color='white' if count > confusion.max() / 2 else 'black')
-    axes.set_xticks(range(10), TEXT_LABELS, rotation=45, ha='right')
-    axes.set_yticks(range(10), TEXT_LABELS)
-    axes.set(xlabel='predicted', ylabel='true')
-    accuracy = float(confusion.diag().sum()) / float(confusion.sum())
-    axes.set_title(f"test confusion matrix (accuracy {accuracy:.4f})")
-    return figure
-
-
 # ----------------------------------------------------------------------------- one run, its files
 
 def environment(device):
@@ -496,7 +336,7 @@ def environment(device):
 def write_epoch_outputs(out, config, history, model, device, status, started):
     """After every epoch: history.csv, curves.png, metrics.json and model.pt, each replaced whole."""
     write_text(os.path.join(out, 'history.csv'), history_csv(history))
-    save_figure(plot_curves({config.loss: history},
+    plots.save_figure(plots.plot_curves({config.loss: history},
                             f"softmax regression, {config.recipe} recipe, {config.loss} loss"),
                 os.path.join(out, 'curves.png'))
     write_metrics(out, config, history, device, status, started)
@@ -523,10 +363,10 @@ def write_final_figures(out, model, test_images, test_labels):
     features = prepare_features(test_images)
     predicted = model(features).argmax(1).cpu()
     labels = test_labels.cpu()
-    save_figure(plot_predictions(features[:24].cpu(), labels[:24].tolist(), predicted[:24].tolist()),
+    plots.save_figure(plots.plot_predictions(features[:24].cpu(), labels[:24].tolist(), predicted[:24].tolist()),
                 os.path.join(out, 'predictions.png'))
-    save_figure(plot_weights(model.W.detach().cpu()), os.path.join(out, 'weights.png'))
-    save_figure(plot_confusion(labels, predicted), os.path.join(out, 'confusion.png'))
+    plots.save_figure(plots.plot_weights(model.W.detach().cpu()), os.path.join(out, 'weights.png'))
+    plots.save_figure(plots.plot_confusion(labels, predicted), os.path.join(out, 'confusion.png'))
 
 
 def run(config, datasets, device):
@@ -541,7 +381,7 @@ def run(config, datasets, device):
         write_epoch_outputs(config.out, config, history, saved_model, device, 'running', started)
 
     def wrap_up(status):
-        with ctrl_c_ignored():
+        with cli.signals_ignored():
             if finished:
                 # Written again, whole: an interruption may have stopped the last epoch's writing midway.
                 write_epoch_outputs(config.out, config, finished['history'], finished['model'], device,
@@ -593,13 +433,13 @@ def compare(config, datasets, device):
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished epochs are kept in {config.out}/", file=sys.stderr)
         code = EXIT_INTERRUPTED
-    with ctrl_c_ignored():
+    with cli.signals_ignored():
         histories = {loss: history for loss, history in histories.items() if history}
         if histories:
             title = f"the three losses from the same initial weights ({config.recipe} recipe, lr {config.lr:g})"
             for loss, reason in diverged.items():
                 title += f"\n{loss} diverged at {reason}"
-            save_figure(plot_curves(histories, title), os.path.join(config.out, 'compare.png'))
+            plots.save_figure(plots.plot_curves(histories, title), os.path.join(config.out, 'compare.png'))
         finals = {loss: history[-1] for loss, history in histories.items()}
         report = dict(final=finals, diverged=diverged, config=dict(dataclasses.asdict(config), loss=list(LOSSES)),
                       wall_seconds=time.perf_counter() - started, **environment(device))
@@ -609,57 +449,14 @@ def compare(config, datasets, device):
     return code
 
 
-@contextlib.contextmanager
-def ctrl_c_ignored():
-    """While the last files are written, a second Ctrl-C (or kill) must not cut them short."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-_stop_requested = []  # set by Ctrl-C / kill; checked at every step in case the KeyboardInterrupt was lost
-
-
-def _interrupt(signum, frame):
-    # The exception can land inside code that swallows it (an import lock's weakref callback did, in a
-    # test), so the request is also remembered and the step loop raises it again at its next step.
-    _stop_requested.append(signum)
-    raise KeyboardInterrupt
-
-
-def stop_if_requested():
-    if _stop_requested:
-        raise KeyboardInterrupt
-
-
 def main(argv=None):
-    # From here on Ctrl-C (and a plain `kill`) is a KeyboardInterrupt that the run turns into a clean stop.
-    _stop_requested.clear()
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        config = parse_config(argv)  # bad flags: argparse prints usage and the problem, exits 2
-        check_out_dir(config.out)
-        import matplotlib.figure  # noqa: F401 -- imported now, not half-way through an interrupted save
-        device = resolve_device(config.device)
-        datasets = data.load_fashion_mnist(config.data_dir, device)
-        return (compare if config.compare else run)(config, datasets, device)
-    except (DataError, OutputError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as error:  # e.g. the disk filled up while writing outputs
-        print(f"error: cannot write {error.filename or 'an output file'}: {error.strerror or error}",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # before the first epoch: nothing to keep
-        print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    config = parse_config(argv)  # bad flags: one line naming the flag, exit 2
+    check_out_dir(config.out)
+    import matplotlib.figure  # noqa: F401 -- imported now, not half-way through an interrupted save
+    device = resolve_device(config.device)
+    datasets = data.load_fashion_mnist(config.data_dir, device)
+    return (compare if config.compare else run)(config, datasets, device)
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(cli.run(main))
