@@ -369,11 +369,16 @@ def write_final_figures(out, model, test_images, test_labels):
     plots.save_figure(plots.plot_confusion(labels, predicted), os.path.join(out, 'confusion.png'))
 
 
+def new_model(config, device):
+    """The run's initial model: W ~ N(0, 0.01^2) drawn from config.seed, b = 0 (d2l 3.6.1)."""
+    torch.manual_seed(config.seed)
+    return SoftmaxRegression().to(device)
+
+
 def run(config, datasets, device):
     """Train one model and keep its files current; returns the exit code."""
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    model = SoftmaxRegression().to(device)
+    model = new_model(config, device)
     finished = {}  # the last finished epoch's history and model: what an interruption keeps
 
     def on_epoch(history, saved_model):
@@ -412,8 +417,7 @@ def run(config, datasets, device):
 def compare(config, datasets, device):
     """Train once per loss from the same initial weights and order of batches; overlay the curves."""
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    initial = SoftmaxRegression().to(device)
+    initial = new_model(config, device)
     histories, diverged, code = {}, {}, 0
     try:
         for loss in LOSSES:
