@@ -47,35 +47,58 @@ def plot_curves(histories, title):
     return figure
 
 
+def _mosaic(tiles, columns, band, gap, fill):
+    """Lay (count, 28, 28) tiles out in one (rows * (band + 28 + gap), columns * (28 + gap)) image, each
+    tile below an empty band of `band` pixels for its label; returns (image, [(x, y) of each tile's corner])."""
+    size = tiles.shape[-1]
+    rows = -(-len(tiles) // columns)
+    cell_height, cell_width = band + size + gap, size + gap
+    image = torch.full((rows * cell_height, columns * cell_width), fill)
+    corners = []
+    for index, tile in enumerate(tiles):
+        y, x = (index // columns) * cell_height + band, (index % columns) * cell_width + gap // 2
+        image[y:y + size, x:x + size] = tile
+        corners.append((x, y))
+    return image, corners
+
+
 def plot_predictions(images, labels, predicted, count=24, columns=8):
-    """The book's predict_ch3: test images titled true / predicted; mistakes in red with a red frame."""
-    figure = _new_figure(columns * 1.3, -(-count // columns) * 1.6)
-    for index, axes in enumerate(figure.subplots(-(-count // columns), columns).flat):
-        axes.set_xticks([])
-        axes.set_yticks([])
-        if index >= count:
-            axes.set_axis_off()
-            continue
-        axes.imshow(images[index].reshape(28, 28).numpy(), cmap='gray_r')
-        true, guess = TEXT_LABELS[labels[index]], TEXT_LABELS[predicted[index]]
+    """The book's predict_ch3: test images titled true / predicted; mistakes in red with a red frame.
+
+    One image with labels, not one Axes per picture: it draws in a fraction of the time.
+    """
+    from matplotlib.patches import Rectangle
+    count = min(count, len(images))
+    rows = -(-count // columns)
+    figure = _new_figure(columns * 1.3, rows * 1.6 + 0.4)
+    axes = figure.subplots()
+    image, corners = _mosaic(images[:count].reshape(-1, 28, 28), columns, band=18, gap=6, fill=0.0)
+    axes.imshow(image.numpy(), cmap='gray_r', vmin=0, vmax=1, interpolation='nearest')
+    wrong_count = 0
+    for (x, y), true, guess in zip(corners, labels, predicted):
         wrong = true != guess
-        axes.set_title(f"{true}\n{'✗ ' if wrong else ''}{guess}", fontsize=8, color='red' if wrong else 'black')
-        for spine in axes.spines.values():
-            spine.set(color='red' if wrong else 'lightgray', linewidth=2 if wrong else 0.5)
-    wrong_count = sum(int(a != b) for a, b in zip(labels[:count], predicted[:count]))
+        wrong_count += wrong
+        axes.text(x + 13.5, y - 1.5, f"{TEXT_LABELS[true]}\n{'✗ ' if wrong else ''}{TEXT_LABELS[guess]}",
+                  ha='center', va='bottom', fontsize=8, color='red' if wrong else 'black')
+        axes.add_patch(Rectangle((x - 0.5, y - 0.5), 28, 28, fill=False, linewidth=2 if wrong else 0.5,
+                                 edgecolor='red' if wrong else 'lightgray'))
+    axes.set_axis_off()
     figure.suptitle(f"first {count} test images: true label above predicted ({wrong_count} wrong, in red)")
     return figure
 
 
 def plot_weights(W):
     """Each column of W, a (784,) template, as a 28x28 image: red pixels vote for the class, blue against."""
-    figure = _new_figure(12, 5)
+    figure = _new_figure(12, 5.4)
+    axes = figure.subplots()
     limit = float(W.abs().max())
-    for index, axes in enumerate(figure.subplots(2, 5).flat):
-        image = axes.imshow(W[:, index].reshape(28, 28).numpy(), cmap='RdBu_r', vmin=-limit, vmax=limit)
-        axes.set_title(TEXT_LABELS[index])
-        axes.set_axis_off()
-    figure.colorbar(image, ax=figure.axes, shrink=0.8, label='weight')
+    # gaps are nan, drawn in white: a weight of 0 is white too, so the gaps read as "no vote"
+    image, corners = _mosaic(W.T.reshape(-1, 28, 28), 5, band=5, gap=4, fill=float('nan'))
+    shown = axes.imshow(image.numpy(), cmap='RdBu_r', vmin=-limit, vmax=limit, interpolation='nearest')
+    for (x, y), name in zip(corners, TEXT_LABELS):
+        axes.text(x + 13.5, y - 1, name, ha='center', va='bottom', fontsize=12)
+    axes.set_axis_off()
+    figure.colorbar(shown, ax=axes, shrink=0.8, label='weight')
     figure.suptitle("columns of W as images (O = XW + b)")
     return figure
 
@@ -100,39 +123,159 @@ def plot_confusion(labels, predicted):
 
 
 def plot_stability(scales, table):
-    """losses.py's demo: the mean loss of s * O for each logit scale s, one line per implementation.
+    """losses.py's demo: the mean loss of s * O for each logit scale s, one line per stage of the notes.
 
-    scales: the scales s; table: {implementation name: [loss at each scale]} (nan/inf where it broke).
+    scales: the scales s; table: {stage: [mean loss at each scale]} (nan or inf where it broke), the
+    stages of losses.STAGES in the notes' order: 'naive' (overflows: nan), 'max-subtracted' (underflows:
+    inf), '+ eps' (finite, capped at -log 1e-8), 'LogSumExp' (losses.cross_entropy) and 'torch'.
+    A nan or inf cannot be drawn on a log axis, so it is marked in a band at the top.
     """
     import math
-    fig = _new_figure(7.5, 4.8, layout='tight')
+    fig = _new_figure(9, 6, layout='tight')
     ax = fig.subplots()
-    names = list(table)
-    # naive underneath as a wide translucent band, so the lines on top stay visible where they agree
-    styles = {'naive': dict(color='tab:red', marker='o', linewidth=6, markersize=12, alpha=0.35),
-              'scratch': dict(color='tab:blue', marker='s', linewidth=1.5, markersize=6),
+    # the broken stages underneath as wide translucent bands, so the lines on top stay visible where
+    # every stage agrees (s = 1)
+    styles = {'naive': dict(color='tab:red', marker='o', linewidth=7, markersize=13, alpha=0.3),
+              'max-subtracted': dict(color='tab:orange', marker='D', linewidth=4, markersize=9, alpha=0.5),
+              '+ eps': dict(color='tab:green', marker='v', linewidth=1.5, markersize=7),
+              'LogSumExp': dict(color='tab:blue', marker='s', linewidth=1.5, markersize=6),
               'torch': dict(color='black', marker='.', linestyle='--', linewidth=1, markersize=6)}
-    labels = {'naive': 'naive (softmax_naive, then -log)',
-              'scratch': 'scratch (cross_entropy, stable)',
-              'torch': 'torch (nn.CrossEntropyLoss)'}
-    finite_values = [v for name in names for v in table[name] if math.isfinite(v)]
-    top = max(finite_values) * 5
-    for name in names:
-        ax.plot(scales, table[name], label=labels[name], **styles[name])
-    broken = [s for s, v in zip(scales, table['naive']) if not math.isfinite(v)]
-    if broken:
-        ax.plot(broken, [top] * len(broken), 'x', color='tab:red', markersize=12, markeredgewidth=2.5,
-                label='naive is nan or inf (drawn at the top)')
-        ax.annotate("naive breaks from here on:\nexp(o) overflows float32 for o > 88.7,\n"
-                    "so softmax_naive computes inf / inf = nan",
-                    xy=(broken[0], top), xytext=(1.3, top / 6), color='tab:red', va='top',
-                    arrowprops=dict(arrowstyle='->', color='tab:red'))
+    labels = {'naive': 'naive: softmax_naive, then -log',
+              'max-subtracted': 'max-subtracted: softmax, then -log',
+              '+ eps': '+ eps: softmax, then -log(p + 1e-8)',
+              'LogSumExp': 'LogSumExp: losses.cross_entropy',
+              'torch': 'nn.CrossEntropyLoss'}
+    # what breaks, and why: drawn in the band at the top, at the first scale where it happens
+    breaks = {'naive': (math.isnan, 'nan', 'x', "naive: nan. exp(o) overflows float32\nfor o > 88.7: inf / inf"),
+              'max-subtracted': (math.isinf, 'inf', '^',
+                                 "max-subtracted: inf. softmax of a true class\nrounds to 0 (underflow): -log 0")}
+    finite = [v for values in table.values() for v in values if math.isfinite(v)]
+    high = max(finite)
+    for name, values in table.items():
+        ax.plot(scales, values, label=labels.get(name, name), **styles.get(name, {}))
+    for row, (name, (is_broken, what, marker, why)) in enumerate(breaks.items()):
+        broken = [s for s, v in zip(scales, table.get(name, [])) if is_broken(v)]
+        if not broken:
+            continue
+        y = high * 30 * 6 ** -row  # one row per stage, above every finite value
+        color = styles[name]['color']
+        ax.plot(broken, [y] * len(broken), marker, color=color, markersize=11, markeredgewidth=2.5,
+                linestyle='none', label=f"{name} is {what} (marked at the top)")
+        ax.annotate(why, xy=(broken[0], y), xytext=(scales[0], y), color=color, va='center', fontsize=9,
+                    arrowprops=dict(arrowstyle='->', color=color))
+    if '+ eps' in table:
+        cap = -math.log(1e-8)
+        ax.axhline(cap, color='tab:green', linestyle=':', linewidth=1)
+        ax.annotate(f"+ eps: each loss capped at -log 1e-8 = {cap:.2f},\nso finite but wrong once the true loss "
+                    f"is larger", xy=(scales[-1], cap), xytext=(0, -22), textcoords='offset points',
+                    ha='right', va='top', color='tab:green', fontsize=9)
     ax.set_xscale('log')
     ax.set_yscale('log')
-    ax.set_ylim(top=top * 2)
-    ax.set_xlabel('logit scale s (loss of s * O)')
+    ax.set_ylim(top=high * 100)
+    ax.set_xlabel('logit scale s (loss of s * O, O fixed (8, 10) float32 logits)')
     ax.set_ylabel('mean cross-entropy loss')
-    ax.set_title('Cross-entropy of scaled logits: the naive version overflows')
+    ax.set_title('Cross-entropy of scaled logits, stage by stage:\n'
+                 'overflow (naive), underflow (max-subtracted), the + eps patch, LogSumExp')
     ax.grid(True, which='major', alpha=0.3)
-    ax.legend(loc='lower right')
+    ax.legend(loc='upper left', bbox_to_anchor=(0, 0.75), fontsize=9)  # the empty middle left
     return fig
+
+
+def plot_sweep_heatmap(runs, title):
+    """sweep.py's grid: final test accuracy, learning rate (rows, growing upwards) against batch size.
+
+    runs: one dict per run with lr, batch_size, status ('finished' or 'diverged') and final_test_acc. A cell
+    with several runs (seeds) shows mean ± std; a cell where a run diverged is hatched and says so; a
+    (lr, batch size) pair that was not run is left blank; the best cell is outlined in red.
+    """
+    import statistics
+    import matplotlib
+    import numpy as np
+    from matplotlib.patches import Rectangle
+    lrs = sorted({run['lr'] for run in runs})
+    sizes = sorted({run['batch_size'] for run in runs})
+    cells = {}
+    for run in runs:
+        cells.setdefault((lrs.index(run['lr']), sizes.index(run['batch_size'])), []).append(run)
+    means = np.full((len(lrs), len(sizes)), np.nan)  # nan: diverged or not run, drawn white
+    for (i, j), cell in cells.items():
+        if all(run['status'] == 'finished' for run in cell):
+            means[i, j] = statistics.fmean(run['final_test_acc'] for run in cell)
+    figure = _new_figure(1.5 * len(sizes) + 3.2, 0.72 * len(lrs) + 2.0)
+    axes = figure.subplots()
+    finite = means[np.isfinite(means)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if high - low < 1e-3:
+        low, high = low - 0.005, high + 0.005
+    cmap = matplotlib.colormaps['viridis'].with_extremes(bad='white')
+    image = axes.imshow(means, cmap=cmap, vmin=low, vmax=high, origin='lower', aspect='auto')
+    several = any(len(cell) > 1 for cell in cells.values())
+    for (i, j), cell in cells.items():
+        diverged = sum(run['status'] == 'diverged' for run in cell)
+        if diverged:
+            axes.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor='0.85', edgecolor='0.6',
+                                     hatch='///', linewidth=0))
+            text = 'diverged' + (f"\n({diverged} of {len(cell)} seeds)" if len(cell) > 1 else '')
+            axes.text(j, i, text, ha='center', va='center', fontsize=9, color='darkred', fontweight='bold',
+                      bbox=dict(facecolor='0.85', edgecolor='none', pad=1))
+            continue
+        accs = [run['final_test_acc'] for run in cell]
+        text = f"{means[i, j]:.4f}" + (f"\n± {statistics.stdev(accs):.4f}" if len(accs) > 1 else '')
+        dark = (means[i, j] - low) / (high - low) < 0.55  # viridis is dark at the low end
+        axes.text(j, i, text, ha='center', va='center', fontsize=10, color='white' if dark else 'black')
+    if finite.size:
+        i, j = np.unravel_index(np.nanargmax(means), means.shape)
+        axes.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor='red', linewidth=3))
+        title += f"\nbest (outlined in red): lr {lrs[i]:g}, batch size {sizes[j]}: {means[i, j]:.4f}"
+    axes.set_xticks(range(len(sizes)), [str(size) for size in sizes])
+    axes.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+    axes.set(xlabel='batch size', ylabel='learning rate')
+    figure.colorbar(image, ax=axes, label='final test accuracy' + (' (mean over seeds)' if several else ''))
+    axes.set_title(title + ('\n(mean ± std over seeds)' if several else ''), fontsize=10)
+    return figure
+
+
+def plot_sweep_curves(histories, title):
+    """sweep.py's learning curves: test loss and test accuracy against epoch, one line per learning rate.
+
+    histories: {lr: (history rows as train.py writes them, status)}. Colours run from dark (small lr) to
+    bright (large lr); a run that diverged ends in a cross and its legend entry says in which epoch.
+    """
+    import matplotlib
+    import matplotlib.ticker
+    lrs = sorted(histories)
+    labels = {lr: f"lr {lr:g}" + (f", diverged in epoch {len(histories[lr][0]) + 1}"
+                                  if histories[lr][1] == 'diverged' else '') for lr in lrs}
+    # A fixed layout, with a right margin as wide as the legend's longest label in 9-point text: it
+    # renders in about half the time of the layout engine.
+    width, legend_inches = 12, 0.75 + 0.068 * max(map(len, labels.values()), default=0)
+    figure = _new_figure(width, 4.6, layout=None)
+    figure.subplots_adjust(left=0.06, right=1 - (legend_inches + 0.1) / width, bottom=0.12, top=0.86,
+                           wspace=0.22)
+    loss_axes, acc_axes = figure.subplots(1, 2)
+    for index, lr in enumerate(lrs):
+        history, status = histories[lr]
+        color = matplotlib.colormaps['plasma'](0.85 * index / max(1, len(lrs) - 1))
+        epochs = [row['epoch'] for row in history]
+        for axes, key in ((loss_axes, 'test_loss'), (acc_axes, 'test_acc')):
+            values = [row[key] for row in history]
+            axes.plot(epochs, values, '-o', color=color, markersize=3, label=labels[lr])
+            if status == 'diverged':
+                axes.plot(epochs[-1:], values[-1:], 'x', color=color, markersize=10, markeredgewidth=2.5)
+    # log scale: a too-large learning rate's test loss is several times the others', which flattens them
+    loss_axes.set(xlabel='epoch', ylabel='test cross-entropy loss (log scale)', title='test loss', yscale='log')
+    acc_axes.set(xlabel='epoch', ylabel='test accuracy', title='test accuracy')
+    for axes in (loss_axes, acc_axes):
+        axes.grid(alpha=0.3, which='both')
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    # Plain numbers on the log axis (0.5, not 5 x 10^-1). Minor ticks are labelled while they fit: all of
+    # them within a decade, those starting with 2, 3 or 5 within two, none beyond.
+    bottom, top = loss_axes.get_ylim()
+    minor_digits = '123456789' if top / bottom < 10 else '235' if top / bottom < 100 else ''
+    loss_axes.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    loss_axes.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
+        lambda value, _: f"{value:g}" if f"{value:e}"[0] in minor_digits else ''))
+    figure.legend(*loss_axes.get_legend_handles_labels(), loc='center right', bbox_to_anchor=(0.995, 0.5),
+                  fontsize=9)  # beside the curves, never on them
+    figure.suptitle(title, fontsize=11)
+    return figure

@@ -11,12 +11,15 @@ interrupted. Exit codes: 0 done, 1 diverged (loss became nan/inf), 2 bad input, 
 import os
 import sys
 
-# OpenMP threads that wait for work by spinning (libgomp's default: ~300,000 spins) turn a 0.2 s epoch
-# into 1.9-9.5 s when another process wants one of this machine's 2 cores. Spinning briefly keeps the
-# idle speed (0.217 s vs 0.23-0.27 s with OMP_WAIT_POLICY=PASSIVE) and makes contention cost ~0.34 s.
-# Set either variable yourself to override.
+# Set before torch loads its libraries; set either yourself to override (ThreadChooser, below, explains):
+# - MKL_CBWR=AUTO,STRICT: MKL's strict reproducibility mode: a GEMM gives the same bits on 1 thread or 2,
+#   so the thread count can follow the machine's load without changing a run's history.
+# - GOMP_SPINCOUNT: how long an idle OpenMP thread spins before it sleeps. Between two steps there is
+#   ~0.1 ms of Python; a thread that sleeps through it costs a wake-up per GEMM. Under contention the
+#   ThreadChooser drops to one thread, where spinning costs nothing.
+os.environ.setdefault('MKL_CBWR', 'AUTO,STRICT')
 if 'OMP_WAIT_POLICY' not in os.environ:
-    os.environ.setdefault('GOMP_SPINCOUNT', '1000')
+    os.environ.setdefault('GOMP_SPINCOUNT', '100000')
 
 
 import cli
@@ -28,6 +31,7 @@ import argparse
 import copy
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -39,7 +43,7 @@ import torch
 import data
 import plots
 from cli import EXIT_DIVERGED, EXIT_INTERRUPTED, OutputError, stop_if_requested, write_atomically, write_text
-from losses import LOSSES, correct_count, cross_entropy_with_grad
+from losses import LOSSES, correct_count, cross_entropy, cross_entropy_naive, softmax, softmax_naive
 from model import SoftmaxRegression
 
 # The two recipes. Flags given on the command line override these values.
@@ -74,6 +78,9 @@ class Config:
     weight_decay: float = 0.0
     schedule: str = 'constant'
     standardize: bool = False
+
+
+_DEFAULT_THREADS = torch.get_num_threads()
 
 
 class Diverged(Exception):
@@ -113,10 +120,10 @@ def build_parser():
     parser.add_argument('--seed', type=cli.whole_number(0, 2**63), default=0,
                         help="seeds the initial weights and the shuffling; same seed on CPU, same "
                              "history (default: %(default)s)")
-    parser.add_argument('--data-dir', metavar='DIR',
+    parser.add_argument('--data-dir', metavar='DIR', type=cli.non_empty,
                         help=f"folder with the four Fashion-MNIST IDX files (.gz or raw); default: "
                              f"${data.ENV_VAR}, ./data/FashionMNIST/raw, {data.DEBIAN_DIR}, else download")
-    parser.add_argument('--out', default='outputs', metavar='DIR',
+    parser.add_argument('--out', default='outputs', metavar='DIR', type=cli.non_empty,
                         help="where history, figures, metrics and the checkpoint go (default: %(default)s)")
     parser.add_argument('--compare', action='store_true',
                         help="train once per loss implementation from the same seed and initial weights "
@@ -219,110 +226,240 @@ def sgd_update(params, grads, velocities, lr, momentum=0.0, weight_decay=0.0):
 
 
 @torch.no_grad()
-def closed_form_step(model, loss_fn, X, y):
+def closed_form_gradients(model, X, y):
     """The scratch loss's gradients without autograd, as the chapter derives them (d2l 3.4.6):
 
-        dO = (softmax(O) - onehot(y)) / n,   dW = X^T dO,   db = sum_i dO_i
+        O = XW + b,   dO = (softmax(O) - onehot(y)) / n,   dW = X^T dO,   db = sum_i dO_i
 
-    Returns (O, per-example losses, [dW, db]): the numbers autograd gives through losses.cross_entropy,
-    without building and walking a graph at every step. loss_fn is unused: the formula above is the
-    scratch loss's; the argument keeps the signature of autograd_step.
+    X: (n, 784), y: (n,) int64 -> (O: (n, 10) logits, [dW: (784, 10), db: (10,)]): what autograd finds
+    through losses.cross_entropy, without building and walking a graph at every step.
     """
     O = model(X)
-    losses, dO = cross_entropy_with_grad(O, y)
-    return O, losses, model.gradients(X, dO.div_(y.shape[0]))
+    dO = softmax(O)  # losses.py's stable softmax: exp(o - max) / sum exp(o - max)
+    dO.scatter_add_(1, y.view(-1, 1), torch.full((len(y), 1), -1.0, device=O.device))  # - onehot(y)
+    return O, model.gradients(X, dO.div_(len(y)))
 
 
-def autograd_step(model, loss_fn, X, y):
-    """Gradients by loss.backward(), for the naive and torch losses. Returns (O, mean loss, [dW, db])."""
+def autograd_gradients(loss_fn, model, X, y):
+    """Gradients by loss_fn(O, y).backward(), for the naive and torch losses. Same returns as above."""
     O = model(X)
-    loss = loss_fn(O, y)
     model.zero_grad(set_to_none=True)
-    loss.backward()
-    return O.detach(), loss.detach(), [param.grad for param in model.parameters()]
+    loss_fn(O, y).backward()
+    return O.detach(), [param.grad for param in model.parameters()]
 
 
-def train_epoch(model, step_fn, loss_fn, velocities, features, labels, config, generator, epoch, total_steps):
+def make_step(model, config, total_steps):
+    """The run's SGD step, step(X, y, number) -> O: the gradients of the configured loss, then the update.
+
+    The scratch loss trains with its closed-form gradient, the others through autograd; both feed the
+    same update, and a test checks that the two ways give the same step.
+    """
+    params = list(model.parameters())
+    velocities = [torch.zeros_like(param) for param in params]  # momentum buffers
+    if config.loss == 'scratch':
+        gradients = closed_form_gradients
+    else:
+        gradients = functools.partial(autograd_gradients, LOSSES[config.loss])
+
+    def step(X, y, number):
+        O, grads = gradients(model, X, y)
+        sgd_update(params, grads, velocities, learning_rate(config, number, total_steps),
+                   config.momentum, config.weight_decay)
+        return O
+    return step
+
+
+@torch.no_grad()
+def example_losses(loss, O, y):
+    """Each example's loss l_i = -log softmax(o_i)_{y_i}, computed by the run's implementation `loss`.
+
+    O: (n, 10) logits, y: (n,) labels -> (n,). The naive version gives inf/nan where it overflows.
+    """
+    if loss == 'naive':
+        return cross_entropy_naive(softmax_naive(O), y)
+    if loss == 'torch':
+        return torch.nn.functional.cross_entropy(O, y, reduction='none')
+    return cross_entropy(O, y, reduction='none')
+
+
+def mean_loss(losses):
+    # In float64: a float32 sum of 60,000 terms depends on how the threads split it, and the history must
+    # not depend on the thread count the ThreadChooser picked.
+    return float(losses.double().mean())
+
+
+def train_epoch(model, step, features, labels, config, generator, epoch, threads):
     """One pass over the training set (the book's train_epoch_ch3). Returns (train loss, train accuracy).
 
-    Inside the step loop nothing waits for the device; the losses are checked for nan/inf once, after
-    the epoch, and the first bad step is reported.
+    Each step's logits O are kept, in the order the examples were visited, in one (n, 10) buffer; the
+    book's Accumulator (the mean loss and the accuracy over the epoch) is computed from it once, at the
+    end. So the step loop never waits for the device nor reduces anything, and a loss that became nan
+    or inf is found there too, with the first step where it did.
     """
     from tqdm import tqdm
     n, batch_size = features.shape[0], config.batch_size
     steps = -(-n // batch_size)
-    # The book's Accumulator, kept on the device until the epoch is over: each example's loss (a batch's
-    # mean loss for the autograd losses) and whether it was predicted right, in the order visited.
-    example_losses = torch.empty(n, device=features.device)
-    example_correct = torch.empty(n, dtype=torch.bool, device=features.device)
+    # A fresh permutation per epoch (shuffle=True in the book's DataLoader), drawn on the CPU so that a
+    # seed gives the same order on every device.
+    order = torch.randperm(n, generator=generator).to(features.device)
+    visited_labels = labels[order]
+    logits = torch.empty(n, data.NUM_CLASSES, device=features.device)
     live_postfix = features.device.type == 'cpu'  # on CPU a read is free; on CUDA it would stall the GPU
-    next_postfix = time.monotonic()
-    bar = tqdm(data.batches(features, labels, batch_size, generator), total=steps, leave=False,
-               desc=f"epoch {epoch}/{config.epochs}", unit='batch', disable=None, dynamic_ncols=True)
-    params = list(model.parameters())
+    next_postfix = time.monotonic() + 0.5
+    bar = tqdm(range(steps), leave=False, desc=f"epoch {epoch}/{config.epochs}", unit='batch',
+               disable=None, dynamic_ncols=True)
     first_step = (epoch - 1) * steps
-    for step, (X, y) in enumerate(bar):
+    threads.start_epoch()
+    for index in bar:
         stop_if_requested()
-        O, loss, grads = step_fn(model, loss_fn, X, y)
-        lr = learning_rate(config, first_step + step, total_steps)
-        sgd_update(params, grads, velocities, lr, config.momentum, config.weight_decay)
-        start, stop = step * batch_size, step * batch_size + y.shape[0]
-        example_losses[start:stop] = loss
-        torch.eq(O.argmax(1), y, out=example_correct[start:stop])
+        threads.tick()
+        rows = slice(index * batch_size, (index + 1) * batch_size)
+        X = features.index_select(0, order[rows])  # the minibatch: a row gather
+        logits[rows] = step(X, visited_labels[rows], first_step + index)
         if live_postfix and time.monotonic() >= next_postfix:
-            next_postfix = time.monotonic() + 0.2
-            bar.set_postfix_str(f"loss {float(example_losses[:stop].mean()):.4f} "
-                                f"acc {float(example_correct[:stop].float().mean()):.4f}")
+            next_postfix = time.monotonic() + 0.5
+            so_far = slice(0, rows.stop)
+            bar.set_postfix_str(
+                f"loss {mean_loss(example_losses(config.loss, logits[so_far], visited_labels[so_far])):.4f}")
     bar.close()
-    finite = torch.isfinite(example_losses)
+    losses = example_losses(config.loss, logits, visited_labels)
+    finite = torch.isfinite(losses)
     if not bool(finite.all()):
         first_bad = int((~finite).nonzero()[0])
-        raise Diverged(epoch, first_bad // batch_size + 1, float(example_losses[first_bad]))
-    return float(example_losses.mean()), int(example_correct.sum()) / n
+        raise Diverged(epoch, first_bad // batch_size + 1, float(losses[first_bad]))
+    return mean_loss(losses), int(correct_count(logits, visited_labels)) / n
 
 
 @torch.no_grad()
-def evaluate(model, loss_fn, features, labels):
-    """Loss and number of correct predictions on a whole split in one batch: (n, 784) @ (784, 10) is one GEMM."""
+def evaluate(model, loss, features, labels):
+    """Mean loss and number of correct predictions on a whole split: (n, 784) @ (784, 10) is one GEMM."""
     O = model(features)
-    return loss_fn(O, labels), correct_count(O, labels)
+    return mean_loss(example_losses(loss, O, labels)), int(correct_count(O, labels))
 
 
 def train(config, model, datasets, device, on_epoch=None, log=print):
     """The epoch loop. After each epoch calls on_epoch(history, model); raises Diverged on nan/inf loss."""
     train_images, train_labels, test_images, test_labels = datasets
+    threads = ThreadChooser(device)  # first: the set-up below runs with every thread, in every run
     train_features, test_features = prepare_features(train_images), prepare_features(test_images)
     mean = std = None
     if config.standardize:  # (X - mean) / std, with the training set's per-pixel statistics
         mean, std = pixel_statistics(train_features)
         train_features.sub_(mean).div_(std)
         test_features.sub_(mean).div_(std)
-    loss_fn = LOSSES[config.loss]
-    # The scratch loss trains with its closed-form gradient; the others through autograd. Both feed the
-    # same SGD update, and a test checks that the two ways give the same step.
-    step_fn = closed_form_step if config.loss == 'scratch' else autograd_step
-    velocities = [torch.zeros_like(param) for param in model.parameters()]  # momentum buffers
     total_steps = config.epochs * -(-train_features.shape[0] // config.batch_size)
+    step = make_step(model, config, total_steps)
     generator = torch.Generator().manual_seed(config.seed)
     history = []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        train_loss, train_acc = train_epoch(model, step_fn, loss_fn, velocities, train_features, train_labels,
-                                            config, generator, epoch, total_steps)
-        test_loss, test_correct = evaluate(model, loss_fn, test_features, test_labels)
-        if not math.isfinite(float(test_loss)):  # e.g. the very last step blew up the weights
-            raise Diverged(epoch, 'evaluation on the test set', float(test_loss))
+        train_loss, train_acc = train_epoch(model, step, train_features, train_labels, config, generator,
+                                            epoch, threads)
+        test_loss, test_correct = evaluate(model, config.loss, test_features, test_labels)
+        if not math.isfinite(test_loss):  # e.g. the very last step blew up the weights
+            raise Diverged(epoch, 'evaluation on the test set', test_loss)
         row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
-                   test_loss=float(test_loss), test_acc=int(test_correct) / test_labels.shape[0])
+                   test_loss=test_loss, test_acc=test_correct / test_labels.shape[0])
         row['seconds'] = time.perf_counter() - start
+        row['threads'] = torch.get_num_threads()  # what the ThreadChooser ended the epoch with
         history.append(row)
+        if on_epoch:  # files first, then the line: a reader of the line finds the epoch's files written
+            on_epoch(history, model if mean is None else folded_copy(model, mean, std))  # takes X/255
         log(f"epoch {epoch:3d}/{config.epochs}  train loss {row['train_loss']:.4f}  "
             f"train acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f}  "
             f"test acc {row['test_acc']:.4f}  {row['seconds']:.2f} s")
-        if on_epoch:  # what is saved always takes X/255, like the textbook model
-            on_epoch(history, model if mean is None else folded_copy(model, mean, std))
         stop_if_requested()
     return history
+
+
+# ----------------------------------------------------------------------------- threads
+
+def gemms_reproducible_across_thread_counts():
+    """True when MKL's strict reproducibility mode is on (MKL_CBWR=AUTO,STRICT, set at the top of this file,
+    takes effect if no GEMM ran before), so that every GEMM gives the same bits on 1 thread or 2."""
+    import ctypes
+    try:
+        mkl = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), 'lib', 'libtorch_cpu.so'))
+        return bool(mkl.mkl_serv_cbwr_get(ctypes.c_int(-1)) & 0x10000)  # MKL_CBWR_STRICT
+    except (OSError, AttributeError):  # a build without MKL (e.g. ARM): keep torch's thread count
+        return False
+
+
+class ThreadChooser:
+    """How many CPU threads the step loop uses, chosen by timing real training steps with each count.
+
+    On an idle machine two threads run the step's GEMMs faster; beside another busy process one thread
+    is faster (the second one waits for a core, and every step waits for it). Which holds differs between
+    CPUs and changes during a run, so it is measured, not set: a trial runs `warmup` steps and then
+    `timed` steps with each count (a count clearly slower than the best is cut short), and keeps the
+    fastest. The trial is repeated when steps become 1.5x slower than it promised, and every
+    `recheck_seconds` anyway. The trial's steps are ordinary training steps; the history does not depend
+    on the choice, since MKL's strict mode makes each GEMM's result the same on any number of threads.
+    """
+
+    def __init__(self, device, warmup=3, timed=12, recheck_seconds=2.0):
+        self.counts = []
+        if device.type == 'cpu' and _DEFAULT_THREADS > 1 and gemms_reproducible_across_thread_counts():
+            torch.set_num_threads(_DEFAULT_THREADS)
+            self.counts = [_DEFAULT_THREADS, 1]
+        self.warmup, self.timed, self.recheck_seconds = warmup, timed, recheck_seconds
+        self.last = None
+        self._start_trial()
+
+    def start_epoch(self):
+        self.last = None  # the time between epochs (evaluation, files) is not a step's
+
+    def tick(self):
+        """Called before every step: times the previous one, and switches the thread count when due."""
+        if not self.counts:
+            return
+        now = time.perf_counter()
+        last, self.last = self.last, now
+        if last is None:
+            return
+        if self.trial_queue:
+            self._trial_step(now - last, now)
+        else:
+            self._watch(now - last, now)
+
+    def _use(self, count):
+        torch.set_num_threads(count)
+        self.active, self.seen = count, 0
+
+    def _start_trial(self):
+        self.trial_queue = list(self.counts)
+        self.trial_times = {}
+        if self.counts:
+            self._use(self.trial_queue[0])
+
+    def _trial_step(self, seconds, now):
+        self.seen += 1
+        if self.seen <= self.warmup:  # waking threads and caches: the first steps after a switch lie
+            return
+        times = self.trial_times.setdefault(self.active, [])
+        times.append(seconds)
+        best = min((sum(other[:len(times)]) for count, other in self.trial_times.items()
+                    if count != self.active and len(other) >= len(times)), default=math.inf)
+        if len(times) < self.timed and sum(times) <= 1.5 * best:
+            return
+        self.trial_queue.pop(0)
+        if self.trial_queue:
+            self._use(self.trial_queue[0])
+            return
+        medians = {count: statistics.median(times) for count, times in self.trial_times.items()}
+        self.reference = min(medians.values())
+        self._use(min(medians, key=medians.get))
+        self.window, self.next_check = [], now + self.recheck_seconds
+
+    def _watch(self, seconds, now):
+        self.window.append(seconds)
+        if len(self.window) < self.timed:
+            return
+        slower = statistics.median(self.window) > 1.5 * self.reference
+        self.window = []
+        if slower or now >= self.next_check:
+            self.counts.sort(key=lambda count: count != self.active)  # the current count first: it is warm
+            self._start_trial()
 
 
 # ----------------------------------------------------------------------------- one run, its files
@@ -334,11 +471,8 @@ def environment(device):
 
 
 def write_epoch_outputs(out, config, history, model, device, status, started):
-    """After every epoch: history.csv, curves.png, metrics.json and model.pt, each replaced whole."""
+    """After every epoch: history.csv, metrics.json and model.pt, each replaced whole."""
     write_text(os.path.join(out, 'history.csv'), history_csv(history))
-    plots.save_figure(plots.plot_curves({config.loss: history},
-                            f"softmax regression, {config.recipe} recipe, {config.loss} loss"),
-                os.path.join(out, 'curves.png'))
     write_metrics(out, config, history, device, status, started)
     state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}  # loadable without a GPU
     checkpoint = dict(model=state, inputs='pixels / 255, flattened to (n, 784)',  # also for --recipe tuned
@@ -347,11 +481,18 @@ def write_epoch_outputs(out, config, history, model, device, status, started):
     write_atomically(os.path.join(out, 'model.pt'), lambda tmp: torch.save(checkpoint, tmp))
 
 
+def write_curves(out, config, history):
+    plots.save_figure(plots.plot_curves({config.loss: history},
+                                        f"softmax regression, {config.recipe} recipe, {config.loss} loss"),
+                      os.path.join(out, 'curves.png'))
+
+
 def write_metrics(out, config, history, device, status, started, extra=None):
     seconds = [row['seconds'] for row in history]
     metrics = dict(status=status, epochs_completed=len(history),
                    final={key: history[-1][key] for key in HISTORY_COLUMNS[1:5]} if history else None,
                    seconds_per_epoch=seconds, median_seconds_per_epoch=statistics.median(seconds) if seconds else None,
+                   threads_per_epoch=[row.get('threads') for row in history],
                    wall_seconds=time.perf_counter() - started,
                    config=dataclasses.asdict(config), **environment(device), **(extra or {}))
     write_text(os.path.join(out, 'metrics.json'), json.dumps(metrics, indent=2) + '\n')
@@ -364,7 +505,7 @@ def write_final_figures(out, model, test_images, test_labels):
     predicted = model(features).argmax(1).cpu()
     labels = test_labels.cpu()
     plots.save_figure(plots.plot_predictions(features[:24].cpu(), labels[:24].tolist(), predicted[:24].tolist()),
-                os.path.join(out, 'predictions.png'))
+                      os.path.join(out, 'predictions.png'))
     plots.save_figure(plots.plot_weights(model.W.detach().cpu()), os.path.join(out, 'weights.png'))
     plots.save_figure(plots.plot_confusion(labels, predicted), os.path.join(out, 'confusion.png'))
 
@@ -375,24 +516,46 @@ def new_model(config, device):
     return SoftmaxRegression().to(device)
 
 
+def earlier_run_note(out, kept):
+    """What to say about the folder when this run kept nothing of its own."""
+    if kept:
+        return f"{kept} finished epoch(s) kept in {out}/"
+    if any(os.path.exists(os.path.join(out, name)) for name in ('metrics.json', 'history.csv', 'model.pt')):
+        return f"no epoch finished, so nothing was kept; the files in {out}/ are an earlier run's"
+    return "no epoch finished, so nothing was kept"
+
+
+CURVES_EVERY_SECONDS = 2.0  # curves.png is redrawn at most this often (and after the last epoch): no
+                            # one reads a figure faster, and drawing it costs as much as an epoch
+
+
 def run(config, datasets, device):
     """Train one model and keep its files current; returns the exit code."""
     started = time.perf_counter()
     model = new_model(config, device)
-    finished = {}  # the last finished epoch's history and model: what an interruption keeps
+    # The last finished epoch's history and model (what an interruption keeps), and how far its files got.
+    finished = dict(history=[], model=None, written=0, drawn=0)
+    next_curves = time.monotonic() + CURVES_EVERY_SECONDS
 
     def on_epoch(history, saved_model):
+        nonlocal next_curves
         finished.update(history=list(history), model=copy.deepcopy(saved_model))
         write_epoch_outputs(config.out, config, history, saved_model, device, 'running', started)
+        finished['written'] = len(history)
+        if time.monotonic() >= next_curves:
+            write_curves(config.out, config, history)
+            finished['drawn'], next_curves = len(history), time.monotonic() + CURVES_EVERY_SECONDS
 
     def wrap_up(status):
+        """The last finished epoch's files, whole, its status, and the final figures; returns its count."""
+        history = finished['history']
         with cli.signals_ignored():
-            if finished:
-                # Written again, whole: an interruption may have stopped the last epoch's writing midway.
-                write_epoch_outputs(config.out, config, finished['history'], finished['model'], device,
-                                    status, started)
+            if history:
+                write_epoch_outputs(config.out, config, history, finished['model'], device, status, started)
+                if finished['drawn'] != len(history):
+                    write_curves(config.out, config, history)
                 write_final_figures(config.out, finished['model'], datasets[2], datasets[3])
-        return len(finished.get('history', []))
+        return len(history)
 
     try:
         history = train(config, model, datasets, device, on_epoch)
@@ -400,12 +563,12 @@ def run(config, datasets, device):
         kept = wrap_up('diverged')
         hint = ("use a smaller --lr" if config.loss != 'naive'
                 else "use the stable loss (--loss scratch) or a smaller --lr")
-        print(f"error: training diverged at {diverged}; {hint} (lr was {config.lr:g}). "
-              f"{kept} finished epoch(s) kept in {config.out}/", file=sys.stderr)
+        cli.say(f"error: training diverged at {diverged}; {hint} (lr was {config.lr:g}). "
+                f"{earlier_run_note(config.out, kept)}")
         return EXIT_DIVERGED
     except KeyboardInterrupt:
         kept = wrap_up('interrupted')
-        print(f"\ninterrupted: {kept} finished epoch(s) kept in {config.out}/", file=sys.stderr)
+        cli.say(f"\ninterrupted: {earlier_run_note(config.out, kept)}")
         return EXIT_INTERRUPTED
     wrap_up('finished')
     print(f"done: test accuracy {history[-1]['test_acc']:.4f} after {len(history)} epochs; "
@@ -426,7 +589,7 @@ def compare(config, datasets, device):
             write_text(history_path, history_csv([]))  # a header, until the first epoch is done
 
             def on_epoch(history, _model):
-                histories[loss] = list(history)
+                histories[loss] = list(history)  # first: what the wrap-up below writes again, whole
                 write_text(history_path, history_csv(history))
             try:
                 train(dataclasses.replace(config, loss=loss), copy.deepcopy(initial), datasets, device, on_epoch)
@@ -435,10 +598,11 @@ def compare(config, datasets, device):
                 kept = len(histories.get(loss, []))
                 print(f"{loss} loss diverged at {error}; its {kept} finished epoch(s) are in {history_path}")
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the finished epochs are kept in {config.out}/", file=sys.stderr)
         code = EXIT_INTERRUPTED
     with cli.signals_ignored():
         histories = {loss: history for loss, history in histories.items() if history}
+        for loss, history in histories.items():  # an interruption may have come between an epoch and its file
+            write_text(os.path.join(config.out, f"history_{loss}.csv"), history_csv(history))
         if histories:
             title = f"the three losses from the same initial weights ({config.recipe} recipe, lr {config.lr:g})"
             for loss, reason in diverged.items():
@@ -448,14 +612,24 @@ def compare(config, datasets, device):
         report = dict(final=finals, diverged=diverged, config=dict(dataclasses.asdict(config), loss=list(LOSSES)),
                       wall_seconds=time.perf_counter() - started, **environment(device))
         write_text(os.path.join(config.out, 'compare.json'), json.dumps(report, indent=2) + '\n')
-    if code == 0:
-        print(f"done: compare.png and history_<loss>.csv in {config.out}/")
-    return code
+    drawn = f"compare.png and history_<loss>.csv in {config.out}/" if histories else (
+        f"no loss finished an epoch, so no compare.png was drawn"
+        + (f" (the one in {config.out}/ is an earlier run's)"
+           if os.path.exists(os.path.join(config.out, 'compare.png')) else ""))
+    if code == EXIT_INTERRUPTED:
+        cli.say(f"\ninterrupted: {drawn}")
+        return code
+    if len(diverged) == len(LOSSES):
+        cli.say(f"error: every loss diverged (lr was {config.lr:g}; use a smaller --lr); {drawn}")
+        return EXIT_DIVERGED
+    print(f"done: {drawn}")
+    return 0
 
 
 def main(argv=None):
     config = parse_config(argv)  # bad flags: one line naming the flag, exit 2
     check_out_dir(config.out)
+    cli.lock_out_dir(config.out)  # a second run into the same folder at once is refused, not interleaved
     import matplotlib.figure  # noqa: F401 -- imported now, not half-way through an interrupted save
     device = resolve_device(config.device)
     datasets = data.load_fashion_mnist(config.data_dir, device)

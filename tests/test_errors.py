@@ -84,9 +84,7 @@ def test_bad_flags_get_an_argparse_error_and_exit_2(bad_flag_runs, case):
     runs, out = bad_flag_runs
     code, stdout, err = runs[case]
     assert code == 2
-    assert 'Traceback' not in err
-    assert 'usage: train.py' in err
-    assert f"error: argument {BAD_FLAGS[case][1]}" in err
+    assert_one_line_error(err, f"train.py: error: argument {BAD_FLAGS[case][1]}", "--help")
     assert not (out / case).exists()  # nothing was started
 
 
@@ -219,8 +217,8 @@ def test_divergence_stops_with_epoch_step_loss_and_a_hint_exit_1(tmp_path):
 
 
 def test_divergence_after_finished_epochs_keeps_them(tmp_path, monkeypatch, capsys):
-    # Inject a nan into the 300th call of the loss in a real run: 235 steps and one test evaluation
-    # come first, so that is epoch 2, step 64.
+    # Inject a nan into the 300th call of the loss in a real run: 235 steps come first, so that is
+    # epoch 2, step 65. Its nan gradient makes the weights nan, so step 66's logits are the first nan.
     calls = []
 
     def nan_at_step_300(O, y):
@@ -231,7 +229,7 @@ def test_divergence_after_finished_epochs_keeps_them(tmp_path, monkeypatch, caps
     code = train.main(['--epochs', '3', '--loss', 'torch', '--out', str(tmp_path), '--device', 'cpu'])
     assert code == train.EXIT_DIVERGED
     err = capsys.readouterr().err
-    assert 'diverged at epoch 2, step 64: loss is nan' in err
+    assert 'diverged at epoch 2, step 66: loss is nan' in err
     history = read_history(tmp_path / 'history.csv')
     assert [row['epoch'] for row in history] == ['1']
     metrics = json.loads((tmp_path / 'metrics.json').read_text())
@@ -313,11 +311,12 @@ def test_ctrl_c_before_the_first_epoch_exits_130_quietly(tmp_path):
 
 def test_an_earlier_runs_folder_is_never_left_half_overwritten(tmp_path):
     assert finish(start('--epochs', '1', '--out', str(tmp_path)))[0] == 0
-    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    def files():  # .lock holds the pid of the run that holds it
+        return {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path) if name != '.lock'}
+    before = files()
     # a second run that fails in its first epoch: every file is still the first run's, whole
     assert finish(start('--loss', 'naive', '--lr', '10', '--out', str(tmp_path)))[0] == 1
-    after = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
-    assert after == before
+    assert files() == before
 
 
 def test_write_atomically_leaves_the_old_file_when_writing_fails(tmp_path):
