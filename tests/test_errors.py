@@ -352,3 +352,102 @@ def test_a_mismatched_model_pt_says_what_it_holds(tmp_path):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "'W': (784, 5)", 'this model has')
+
+
+# ------------------------------------------------------------------ closed streams, odd folders, early signals
+
+def test_a_closed_stdout_loses_nothing(tmp_path):
+    """`python train.py | head -1`: the reader goes away, the run goes on without printing."""
+    process = subprocess.Popen([sys.executable, TRAIN_PY, '--epochs', '3', '--out', str(tmp_path)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.readline()
+    process.stdout.close()  # as head does after its line
+    err = process.stderr.read()
+    assert process.wait(timeout=300) == 0
+    assert 'Traceback' not in err and 'standard output could not be written' in err
+    assert len(read_history(tmp_path / 'history.csv')) == 3
+    assert json.loads((tmp_path / 'metrics.json').read_text())['status'] == 'finished'
+    for name in ('curves.png', 'predictions.png', 'weights.png', 'confusion.png'):
+        assert (tmp_path / name).is_file(), name
+
+
+@pytest.mark.parametrize('stream', ['stdout to /dev/full', 'stderr closed'])
+def test_a_full_or_closed_stream_loses_nothing(tmp_path, stream):
+    if stream == 'stdout to /dev/full':
+        if not os.path.exists('/dev/full'):
+            pytest.skip("no /dev/full on this system")
+        command = f"'{sys.executable}' '{TRAIN_PY}' --epochs 2 --out '{tmp_path}' > /dev/full"
+    else:
+        command = f"'{sys.executable}' '{TRAIN_PY}' --epochs 2 --out '{tmp_path}' 2>&-"
+    result = subprocess.run(['bash', '-c', command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert 'Traceback' not in result.stderr
+    assert len(read_history(tmp_path / 'history.csv')) == 2
+    assert json.loads((tmp_path / 'metrics.json').read_text())['status'] == 'finished'
+    assert (tmp_path / 'confusion.png').is_file()
+
+
+def test_compare_where_every_loss_diverges_says_so_and_exits_1(tmp_path):
+    code, stdout, err = finish(start('--compare', '--lr', '3e38', '--out', str(tmp_path)))
+    assert code == 1
+    assert 'done' not in stdout and 'Traceback' not in err
+    assert 'every loss diverged' in err and 'no compare.png' in err
+    assert not (tmp_path / 'compare.png').exists()
+
+
+def test_a_run_that_keeps_nothing_says_the_folder_holds_an_earlier_run(tmp_path):
+    assert finish(start('--epochs', '1', '--out', str(tmp_path)))[0] == 0
+    code, _, err = finish(start('--loss', 'naive', '--lr', '10', '--out', str(tmp_path)))
+    assert code == 1
+    assert_one_line_error(err, 'nothing was kept', "earlier run's")
+
+
+@pytest.mark.parametrize('lr', ['1e39', '1e-46', '3.5e38'])
+def test_a_learning_rate_outside_float32_is_refused(tmp_path, lr):
+    code, _, err = finish(start('--lr', lr, '--out', str(tmp_path / 'never')))
+    assert code == 2
+    assert_one_line_error(err, 'argument --lr', 'float32')
+
+
+def test_an_empty_data_dir_is_refused(tmp_path):
+    code, _, err = finish(start('--data-dir', '', '--out', str(tmp_path)))
+    assert code == 2
+    assert_one_line_error(err, 'argument --data-dir', 'empty')
+
+
+def test_a_dangling_link_as_out_says_where_it_points(tmp_path):
+    (tmp_path / 'out').symlink_to(tmp_path / 'gone')
+    code, _, err = finish(start('--out', str(tmp_path / 'out')))
+    assert code == 2
+    assert_one_line_error(err, str(tmp_path / 'out'), 'does not exist')
+
+
+def test_a_second_run_into_the_same_folder_at_once_is_refused(tmp_path):
+    first = start('--epochs', '1000', '--out', str(tmp_path))
+    assert _wait_for_rows(tmp_path / 'history.csv', 1, first), finish(first)
+    code, _, err = finish(start('--epochs', '1', '--out', str(tmp_path)))
+    first.send_signal(signal.SIGINT)
+    assert finish(first)[0] == 130
+    assert code == 2
+    assert_one_line_error(err, 'another run', 'is writing to', str(tmp_path))
+
+
+def test_kill_while_torch_imports_exits_130_with_one_line(tmp_path):
+    process = start('--out', str(tmp_path))
+    time.sleep(0.3)  # python is up, torch is not yet
+    process.send_signal(signal.SIGTERM)
+    code, _, err = finish(process)
+    assert code == 130
+    assert_one_line_error(err, 'interrupted')
+
+
+def test_compare_interrupted_after_an_epoch_keeps_each_file_in_step(tmp_path):
+    process = start('--compare', '--epochs', '1000', '--out', str(tmp_path))
+    assert _wait_for_rows(tmp_path / 'history_naive.csv', 2, process), finish(process)
+    process.send_signal(signal.SIGINT)
+    code, _, err = finish(process)
+    assert code == 130 and 'Traceback' not in err
+    report = json.loads((tmp_path / 'compare.json').read_text())
+    assert len(read_history(tmp_path / 'history_naive.csv')) == report['final']['naive']['epoch']
+    assert (tmp_path / 'compare.png').is_file()
+    assert no_temporary_files(tmp_path)
