@@ -36,7 +36,7 @@ data: $(VENV)/.installed
 		$(PY) data.py; \
 	else \
 		echo "downloading Fashion-MNIST with torchvision into ./data"; \
-		$(PY) -c 'import data; data.find_data_dir()' || true; \
+		$(PY) data.py --download || true; \
 	fi
 
 clean:

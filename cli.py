@@ -333,9 +333,11 @@ def start():
 
 def run(main, argv=None):
     """Run main(argv) -> exit code under the rules in this module's docstring; return the exit code."""
+    original = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if _on_main_thread() else {}
     start()
     _stop_requested.clear()
-    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS} if _on_main_thread() else {}
+    for sig in original:
+        signal.signal(sig, _interrupt)
     try:
         code = main(argv)
     except InputError as error:
@@ -360,7 +362,9 @@ def run(main, argv=None):
         code = EXIT_DIVERGED
     finally:
         with contextlib.suppress(ValueError, OSError):
-            for sig, handler in previous.items():
+            # After main, a late Ctrl-C must not turn a finished run into exit 130; a caller that was
+            # not a script (a test calling run() in-process) gets its own handlers back.
+            for sig, handler in original.items():
                 signal.signal(sig, signal.SIG_IGN if handler is _exit_while_starting else handler)
     sys.stdout.flush()
     if 'stdout' in _lost_streams:

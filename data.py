@@ -13,14 +13,30 @@ Where the data comes from, first match wins:
   4. a download with torchvision into ./data (needs the network)
 Each folder holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and
 t10k-labels-idx1-ubyte, each either gzipped (.gz) or raw.
+
+A file is read no further than its header promises: the 16-byte header (8 for labels) is read and checked
+first, then exactly N*28*28 (N) payload bytes, then one byte more to prove there is nothing else. A header
+that says 2^31 images, or a file with gigabytes after the promised payload, is refused having read a few
+bytes more than a valid file. Anything that is not a regular file (a folder, a FIFO, /dev/zero) is named
+and never opened for reading.
+
+`python data.py [DIR | --data-dir DIR] [--download]` checks the data where train.py would find it:
+exit 0 found and valid, 1 found nowhere (the Makefile then installs it), 2 a given folder or a file is
+wrong, 130 interrupted.
 """
+import contextlib
 import gzip
+import math
 import os
+import stat
 import zlib
 
-import torch
+import cli
 
-from cli import InputError
+if __name__ == '__main__':
+    cli.start()  # before torch's import: Ctrl-C during it is a clean exit 130, and the streams are guarded
+
+import torch
 
 # The book's names for the ten classes, in label order (d2l 3.5.1, get_fashion_mnist_labels).
 TEXT_LABELS = ['t-shirt', 'trouser', 'pullover', 'dress', 'coat',
@@ -50,12 +66,16 @@ HOW_TO_GET_DATA = (
     f"(3) run once with network access so torchvision downloads it into ./{TORCHVISION_ROOT}.")
 
 
-class DataError(InputError):
+class DataError(cli.InputError):
     """The data is missing or is not the official Fashion-MNIST; the message says which file and why."""
 
 
+class DataNotFoundError(DataError):
+    """No folder was given and none of the usual places holds the data (and no download was possible)."""
+
+
 def _locate(name, folder):
-    """Path of `name` or `name.gz` in folder, or None."""
+    """Path of `name` or `name.gz` in folder if it is a regular file (or a link to one), else None."""
     for candidate in (name, name + '.gz'):
         path = os.path.join(folder, candidate)
         if os.path.isfile(path):
@@ -67,24 +87,75 @@ def _has_all_files(folder):
     return all(_locate(name, folder) for images, labels, _ in SPLITS.values() for name in (images, labels))
 
 
+def _not_a_file(path):
+    """Why `path`, which exists under a data file's name, is not a regular file; None when it is one.
+
+    Asked before anything is opened: a FIFO would block open() until a writer came, a device such as
+    /dev/zero would hand out bytes forever, and opening some devices does something by itself."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"is a link to {os.readlink(path)}, which does not exist"
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be examined ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = [(stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISCHR, 'a device'),
+             (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket')]
+    kind = next((name for test, name in kinds if test(mode)), 'not a regular file')
+    return f"is {kind}, not a file"
+
+
+def _missing_files(folder):
+    """What keeps `folder` from being a data folder: one phrase per missing or unusable file, or []."""
+    lacking, unusable = [], []
+    for images, labels, _ in SPLITS.values():
+        for name in (images, labels):
+            if _locate(name, folder):
+                continue
+            odd = [f"has {candidate}, but it {_not_a_file(os.path.join(folder, candidate))}"
+                   for candidate in (name, name + '.gz') if os.path.lexists(os.path.join(folder, candidate))]
+            if odd:
+                unusable += odd
+            else:
+                lacking.append(name)
+    problems = [f"lacks {', '.join(lacking)} (nor .gz)"] if lacking else []
+    return problems + unusable
+
+
 def find_data_dir(data_dir=None, download=True):
-    """The folder holding the four IDX files, searched in the order the module docstring gives."""
-    explicit = data_dir or os.environ.get(ENV_VAR)
-    if explicit:
+    """The folder holding the four IDX files, searched in the order the module docstring gives.
+
+    An explicit folder that is an empty string ('' from an unset shell variable, or FASHION_MNIST_DIR set
+    to '') is refused rather than taken as "not given": the user meant some folder, and a search elsewhere
+    could silently use other data than the one they named."""
+    if data_dir is not None:
+        explicit = os.fspath(data_dir)
+        if not explicit:
+            raise DataError("the data folder given is empty (an unset shell variable?); give the folder with "
+                            "the four Fashion-MNIST files, or leave it out to search the usual places")
+    else:
+        explicit = os.environ.get(ENV_VAR)
+        if explicit == '':
+            raise DataError(f"{ENV_VAR} is set but empty (an unset shell variable?); set it to the folder with "
+                            f"the four Fashion-MNIST files, or unset it to search the usual places")
+    if explicit is not None:
         if not os.path.isdir(explicit):
             problem = "is a file, not a folder" if os.path.exists(explicit) else "does not exist"
             raise DataError(f"data folder {explicit} {problem}. " + HOW_TO_GET_DATA)
-        missing = [name for images, labels, _ in SPLITS.values() for name in (images, labels)
-                   if not _locate(name, explicit)]
-        if missing:
-            raise DataError(f"data folder {explicit} lacks {', '.join(missing)} (nor .gz). " + HOW_TO_GET_DATA)
+        problems = _missing_files(explicit)
+        if problems:
+            raise DataError(f"data folder {explicit} {'; '.join(problems)}. " + HOW_TO_GET_DATA)
         return explicit
     torchvision_dir = os.path.join(TORCHVISION_ROOT, 'FashionMNIST', 'raw')
     for folder in (torchvision_dir, DEBIAN_DIR):
         if _has_all_files(folder):
             return folder
     if not download:
-        raise DataError(f"Fashion-MNIST is neither in ./{torchvision_dir} nor in {DEBIAN_DIR}. " + HOW_TO_GET_DATA)
+        raise DataNotFoundError(f"Fashion-MNIST is neither in ./{torchvision_dir} nor in {DEBIAN_DIR}. "
+                                + HOW_TO_GET_DATA)
     return _download(torchvision_dir)
 
 
@@ -99,57 +170,120 @@ def _download(torchvision_dir):
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ... when offline
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         reason = ' '.join(dict.fromkeys([lines[0], lines[-1]]))[:200]
-        raise DataError(f"Fashion-MNIST is neither in ./{torchvision_dir} nor in {DEBIAN_DIR}, and the download "
-                        f"failed ({reason}). " + HOW_TO_GET_DATA) from None
+        raise DataNotFoundError(f"Fashion-MNIST is neither in ./{torchvision_dir} nor in {DEBIAN_DIR}, and the "
+                                f"download failed ({reason}). " + HOW_TO_GET_DATA) from None
     finally:
         socket.setdefaulttimeout(previous_timeout)
     return torchvision_dir
 
 
-def _read_bytes(path):
+GZIP_SIGNATURE = b'\x1f\x8b'
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)  # BadGzipFile is an OSError: catch these first
+
+
+@contextlib.contextmanager
+def _open_idx(path):
+    """(stream of the file's IDX bytes, its size on disk): decompressed for .gz, as it is otherwise.
+
+    Only a regular file is opened, and it is opened non-blocking so that a FIFO swapped in after the check
+    cannot hang us; fstat then confirms what was opened (O_NONBLOCK changes nothing for a regular file)."""
+    problem = _not_a_file(path)
+    if problem:
+        raise DataError(f"{path}: {problem}; expected a Fashion-MNIST data file")
     try:
-        if path.endswith('.gz'):
-            with gzip.open(path, 'rb') as f:
-                return f.read()
-        with open(path, 'rb') as f:
-            return f.read()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise DataError(f"{path}: not a complete gzip file ({error}); download it again") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    with open(fd, 'rb') as raw:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DataError(f"{path}: is not a regular file; expected a Fashion-MNIST data file")
+        if not path.endswith('.gz'):
+            yield raw, info.st_size
+            return
+        start = os.pread(fd, 4, 0)
+        if start[:2] != GZIP_SIGNATURE and start[:3] == b'\x00\x00\x08':  # IDX's magic: a raw file named .gz
+            raise DataError(f"{path}: this is an uncompressed IDX file, not gzip; name it "
+                            f"{os.path.basename(path)[:-3]} or compress it")
+        with gzip.GzipFile(fileobj=raw, mode='rb') as unzipped:
+            yield unzipped, info.st_size
+
+
+def _read_into(stream, buffer):
+    """Fill `buffer` from `stream`, stopping early only at the end of the data; the bytes read."""
+    view, filled = memoryview(buffer), 0
+    while filled < len(buffer):
+        count = stream.readinto(view[filled:])
+        if not count:
+            break
+        filled += count
+    return filled
 
 
 def read_idx(path, magic, shape):
-    """Parse one IDX file into a uint8 tensor of `shape`, checking every header field.
+    """Parse one IDX file into a uint8 tensor of `shape`, checking every header field before the payload.
 
-    IDX layout: a big-endian int32 magic number (0x08 = uint8, then the number of dimensions),
-    one big-endian int32 per dimension, then the values row-major. torchvision's reader
-    (datasets.mnist.read_sn3_pascalvincent_tensor) takes only uncompressed paths and checks the
-    header with bare asserts; we need a sentence naming the file and the field, so the header is
-    checked here and the payload is one frombuffer.
+    IDX layout: a big-endian int32 magic number (0x08 = uint8, then the number of dimensions), one
+    big-endian int32 per dimension, then prod(dims) values row-major: header 4 * (1 + ndim) bytes,
+    payload prod(shape) bytes, and nothing after. torchvision's reader
+    (datasets.mnist.read_sn3_pascalvincent_tensor) takes only uncompressed paths, reads the whole file
+    and checks the header with bare asserts; here the header is read and checked first (magic, then
+    each dimension against `shape`), so a wrong or absurd header costs a few bytes, then exactly the
+    promised payload is read into the tensor's buffer, then one byte more must not exist.
     """
-    data = _read_bytes(path)
-    header_size = 4 * (1 + len(shape))
-    if len(data) < header_size:
-        raise DataError(f"{path}: file too short ({len(data)} bytes) for an IDX header; download it again")
-    found_magic = int.from_bytes(data[0:4], 'big')
-    if data[:2] == b'\x1f\x8b':  # gzip's signature under a raw file's name
-        raise DataError(f"{path}: this is a gzip file; name it {os.path.basename(path)}.gz or decompress it")
-    if found_magic != magic:
-        kind = {IMAGES_MAGIC: 'images', LABELS_MAGIC: 'labels'}.get(found_magic, 'not an IDX uint8 file')
-        raise DataError(f"{path}: wrong magic number {found_magic} (expected {magic}; this looks like {kind}). "
-                        "Are the files swapped or renamed?")
-    dims = tuple(int.from_bytes(data[4 * (i + 1):4 * (i + 2)], 'big') for i in range(len(shape)))
-    if dims[0] != shape[0]:
-        raise DataError(f"{path}: holds {dims[0]} examples, expected {shape[0]}")
-    if dims[1:] != tuple(shape[1:]):
-        raise DataError(f"{path}: images are {'x'.join(map(str, dims[1:]))}, expected "
-                        f"{'x'.join(map(str, shape[1:]))}")
-    expected_size = header_size + int(torch.tensor(shape).prod())
-    if len(data) != expected_size:
-        raise DataError(f"{path}: {len(data)} bytes where the header promises {expected_size}; "
-                        "the file is truncated or damaged, download it again")
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header_size).view(shape)
+    header_size, payload_size = 4 * (1 + len(shape)), math.prod(shape)
+    expected_size = header_size + payload_size
+    gzipped = path.endswith('.gz')
+    decompressed = ' decompressed' if gzipped else ''
+    with _open_idx(path) as (stream, disk_size):
+        try:
+            header = stream.read(header_size)
+            if len(header) < header_size:
+                raise DataError(f"{path}: file too short ({len(header)} bytes{decompressed}) for an IDX header; "
+                                "download it again")
+            if header[:2] == GZIP_SIGNATURE and not gzipped:
+                raise DataError(f"{path}: this is a gzip file; name it {os.path.basename(path)}.gz or "
+                                "decompress it")
+            found_magic = int.from_bytes(header[0:4], 'big')
+            if found_magic != magic:
+                kind = {IMAGES_MAGIC: 'images', LABELS_MAGIC: 'labels'}.get(found_magic, 'not an IDX uint8 file')
+                raise DataError(f"{path}: wrong magic number {found_magic} (expected {magic}; this looks like "
+                                f"{kind}). Are the files swapped or renamed?")
+            dims = tuple(int.from_bytes(header[4 * (i + 1):4 * (i + 2)], 'big') for i in range(len(shape)))
+            if dims[0] != shape[0]:
+                raise DataError(f"{path}: holds {dims[0]} examples, expected {shape[0]}")
+            if dims[1:] != tuple(shape[1:]):
+                raise DataError(f"{path}: images are {'x'.join(map(str, dims[1:]))}, expected "
+                                f"{'x'.join(map(str, shape[1:]))}")
+            if not gzipped and disk_size != expected_size:  # a raw file's size is known before reading it
+                problem = "truncated or damaged" if disk_size < expected_size else "longer than it should be"
+                raise DataError(f"{path}: {disk_size} bytes where the header promises {expected_size}; the file "
+                                f"is {problem}, download it again")
+            payload = bytearray(payload_size)
+            got = _read_into(stream, payload)
+            if got < payload_size:
+                raise DataError(f"{path}: {header_size + got} bytes{decompressed} where the header promises "
+                                f"{expected_size}; the file is truncated or damaged, download it again")
+        except _GZIP_ERRORS as error:
+            raise DataError(f"{path}: not a complete gzip file ({error or type(error).__name__}); "
+                            "download it again") from None
+        except OSError as error:
+            raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+        try:
+            # One byte more, not the rest: proves the file ends here, and for gzip reaches the end of the
+            # compressed stream, where its CRC and length are checked.
+            extra = stream.read(1)
+        except _GZIP_ERRORS as error:
+            raise DataError(f"{path}: the gzip data is damaged or followed by other bytes "
+                            f"({error or type(error).__name__}); download it again") from None
+        except OSError as error:
+            raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+        if extra:
+            raise DataError(f"{path}: more data than the {expected_size} bytes{decompressed} its header "
+                            "promises; the file is damaged or not the official one, download it again")
+    if not payload_size:
+        return torch.empty(shape, dtype=torch.uint8)
+    return torch.frombuffer(payload, dtype=torch.uint8).view(shape)
 
 
 def load_split(split, data_dir, device='cpu'):
@@ -195,19 +329,41 @@ def batches(images, labels, batch_size, generator=None):
         yield (rows if rows.is_floating_point() else rows.float().div_(255)), y
 
 
-def main():
-    """`python data.py`: say where the data is and that it is valid; exit 1 when it cannot be found here."""
-    import sys
+def build_parser():
+    parser = cli.ArgumentParser(
+        prog='data.py',
+        description="Find Fashion-MNIST where train.py would and check all four files. Exit codes: 0 found and "
+                    "valid, 1 found nowhere (nor downloaded, with --download), 2 a given folder or a data file "
+                    "is wrong, 130 interrupted.")
+    parser.add_argument('folder', nargs='?', type=cli.non_empty, metavar='DIR', help="the same as --data-dir DIR")
+    parser.add_argument('--data-dir', type=cli.non_empty, metavar='DIR',
+                        help=f"folder with the four IDX files (.gz or raw); default: ${ENV_VAR}, "
+                             f"./{TORCHVISION_ROOT}/FashionMNIST/raw, {DEBIAN_DIR}")
+    parser.add_argument('--download', action='store_true',
+                        help=f"when the data is nowhere, download it with torchvision into ./{TORCHVISION_ROOT} "
+                             "(default: only look)")
+    return parser
+
+
+def main(argv=None):
+    """`python data.py [DIR | --data-dir DIR] [--download]`: say where the data is and that it is valid.
+
+    Found nowhere is exit 1, not 2: nothing the user typed was wrong, the data is just not installed yet,
+    and the Makefile's `data` target takes any failure as "install it" (then runs this again)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.folder is not None and args.data_dir is not None:
+        parser.error("give the data folder once, as DIR or as --data-dir DIR")
     try:
-        folder = find_data_dir(sys.argv[1] if len(sys.argv) > 1 else None, download=False)
-        splits = [load_split(split, folder) for split in SPLITS]
-    except DataError as error:
-        print(f"data: {error}", file=sys.stderr)
+        folder = find_data_dir(args.data_dir if args.data_dir is not None else args.folder, download=args.download)
+    except DataNotFoundError as error:
+        cli.say(f"error: {error}")
         return 1
+    splits = [load_split(split, folder) for split in SPLITS]
     sizes = ' / '.join(f"{images.shape[0]:,} {split}" for split, (images, _) in zip(SPLITS, splits))
     print(f"data: Fashion-MNIST in {folder} ({sizes}, files valid)")
     return 0
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main))

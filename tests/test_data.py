@@ -1,6 +1,14 @@
-"""data.py on the real Fashion-MNIST, and on tiny hand-made broken IDX files."""
+"""data.py on the real Fashion-MNIST, and on tiny hand-made broken IDX files; `python data.py` run as a user
+runs it (exit codes, its one line, signals, closed streams)."""
+import contextlib
 import gzip
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -226,3 +234,337 @@ def test_swapped_files_are_caught_by_the_magic_number(tmp_path):
     os.symlink(os.path.join(source, 't10k-images-idx3-ubyte.gz'), tmp_path / 't10k-labels-idx1-ubyte.gz')
     with pytest.raises(DataError, match='t10k-images-idx3-ubyte.gz: wrong magic number 2049'):
         data.load_split('test', str(tmp_path))
+
+
+def test_a_raw_idx_file_named_gz_is_named_as_such(tmp_path):
+    path = tmp_path / 'train-labels-idx1-ubyte.gz'
+    path.write_bytes(_idx(data.LABELS_MAGIC, [3], bytes(3)))
+    with pytest.raises(DataError, match='uncompressed IDX file, not gzip; name it train-labels-idx1-ubyte '):
+        _read_labels(path)
+
+
+# ---------------------------------------------------------------- read no further than the header promises
+
+@pytest.mark.parametrize('compress', [bytes, gzip.compress], ids=['raw', 'gz'])
+@pytest.mark.parametrize('dims, message', [
+    ([2**31], 'holds 2147483648 examples, expected 3'),
+    ([2**32 - 1], 'holds 4294967295 examples, expected 3'),
+])
+def test_an_absurd_header_is_refused_from_the_header_alone(tmp_path, compress, dims, message):
+    # the header alone: no payload follows, so reading any further would be a truncation error instead
+    path = tmp_path / ('train-labels-idx1-ubyte' + ('.gz' if compress is gzip.compress else ''))
+    path.write_bytes(compress(_idx(data.LABELS_MAGIC, dims)))
+    with pytest.raises(DataError, match=message):
+        _read_labels(path)
+
+
+def test_absurd_image_dimensions_are_refused_from_the_header_alone(tmp_path):
+    path = tmp_path / 'images.gz'
+    path.write_bytes(gzip.compress(_idx(data.IMAGES_MAGIC, [2, 2**31 - 1, 2**31 - 1])))
+    with pytest.raises(DataError, match='images are 2147483647x2147483647, expected 28x28'):
+        data.read_idx(str(path), data.IMAGES_MAGIC, (2, 28, 28))
+
+
+def test_a_raw_file_longer_than_its_header_promises_is_refused_by_its_size(tmp_path):
+    path = tmp_path / 'train-labels-idx1-ubyte'
+    path.write_bytes(_idx(data.LABELS_MAGIC, [3], bytes(3) + b'x'))
+    with pytest.raises(DataError, match='12 bytes where the header promises 11; the file is longer') as error:
+        _read_labels(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_gzip_longer_than_its_header_promises_is_refused(tmp_path):
+    path = tmp_path / 'train-labels-idx1-ubyte.gz'
+    path.write_bytes(gzip.compress(_idx(data.LABELS_MAGIC, [3], bytes(4))))
+    with pytest.raises(DataError, match='more data than the 11 bytes decompressed its header promises') as error:
+        _read_labels(path)
+    assert str(path) in str(error.value)
+
+
+def test_gigabytes_after_the_promised_payload_are_refused_without_reading_them(tmp_path):
+    # 512 gzip members of 1 MiB of zeros each (a gzip file may hold several; readers concatenate them):
+    # 0.5 GiB once decompressed, in half a megabyte. Reading one byte past the payload must be enough.
+    path = tmp_path / 'train-labels-idx1-ubyte.gz'
+    path.write_bytes(gzip.compress(_idx(data.LABELS_MAGIC, [3], bytes(3))) + gzip.compress(bytes(2**20)) * 512)
+    started = time.process_time()
+    with pytest.raises(DataError, match='more data than the 11 bytes'):
+        _read_labels(path)
+    assert time.process_time() - started < 0.5  # decompressing it all takes seconds
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda whole: whole + b'garbage after the gzip data', 'gzip data is damaged or followed by other bytes'),
+    (lambda whole: whole[:-8] + bytes([whole[-8] ^ 1]) + whole[-7:], 'CRC check failed'),
+])
+def test_damage_after_the_payload_is_caught_by_the_extra_byte_read(tmp_path, damage, message):
+    path = tmp_path / 'train-labels-idx1-ubyte.gz'
+    path.write_bytes(damage(gzip.compress(_idx(data.LABELS_MAGIC, [3], bytes(3)))))
+    with pytest.raises(DataError, match=message) as error:
+        _read_labels(path)
+    assert str(path) in str(error.value) and 'download it again' in str(error.value)
+
+
+# ---------------------------------------------------------------- things that are not data files
+
+def _things_named_like_data_files(tmp_path):
+    """name -> (make it at path, what the message says): none of them may be opened for reading."""
+    return {
+        'folder': (lambda path: path.mkdir(), 'is a folder, not a file'),
+        'fifo': (lambda path: os.mkfifo(path), 'is a FIFO (named pipe), not a file'),  # open() would block
+        'dev-zero': (lambda path: os.symlink('/dev/zero', path), 'is a device, not a file'),  # endless bytes
+        'dangling link': (lambda path: os.symlink(tmp_path / 'gone', path), 'gone, which does not exist'),
+    }
+
+
+@contextlib.contextmanager
+def _no_longer_than(seconds):
+    """Fail instead of hanging when something blocks (opening a FIFO waits for a writer forever)."""
+    def fail(signum, frame):
+        raise TimeoutError(f"still blocked after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize('kind', ['folder', 'fifo', 'dev-zero', 'dangling link'])
+def test_something_other_than_a_file_under_a_data_files_name_is_named_not_read(tmp_path, kind):
+    make, message = _things_named_like_data_files(tmp_path)[kind]
+    folder = _link_real_files(tmp_path / 'fashion')
+    os.remove(folder / 'train-images-idx3-ubyte.gz')
+    make(folder / 'train-images-idx3-ubyte.gz')
+    with _no_longer_than(10), pytest.raises(DataError, match='has train-images-idx3-ubyte.gz, but it ') as error:
+        data.find_data_dir(str(folder), download=False)
+    assert message in str(error.value) and 'lacks' not in str(error.value)
+    with _no_longer_than(10), pytest.raises(DataError, match=re.escape(message)):  # read_idx checks too
+        data.read_idx(str(folder / 'train-images-idx3-ubyte.gz'), data.IMAGES_MAGIC, (60_000, 28, 28))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions say")
+def test_an_unreadable_file_says_so(tmp_path):
+    path = tmp_path / 'train-labels-idx1-ubyte'
+    path.write_bytes(_idx(data.LABELS_MAGIC, [3], bytes(3)))
+    path.chmod(0)
+    with pytest.raises(DataError, match='cannot read .Permission denied'):
+        _read_labels(path)
+
+
+def test_an_empty_data_dir_argument_is_refused_not_ignored(monkeypatch):
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    with pytest.raises(DataError, match='data folder given is empty .an unset shell variable'):
+        data.find_data_dir('', download=False)
+
+
+def test_an_empty_environment_variable_is_refused_not_ignored(monkeypatch):
+    monkeypatch.setenv(data.ENV_VAR, '')
+    with pytest.raises(DataError, match='FASHION_MNIST_DIR is set but empty'):
+        data.find_data_dir(download=False)
+
+
+# ---------------------------------------------------------------- python data.py, in this process
+
+def test_main_exits_1_when_the_data_is_found_nowhere(tmp_path, monkeypatch, capsys):
+    # 1, not 2: nothing typed was wrong; the Makefile's `data` target takes it as "install it"
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, 'DEBIAN_DIR', str(tmp_path / 'no-debian'))
+    assert data.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: Fashion-MNIST is neither in') and err.count('\n') == 1
+
+
+@pytest.mark.parametrize('argv, download', [([], False), (['--download'], True)])
+def test_main_downloads_only_when_asked(tmp_path, monkeypatch, capsys, argv, download):
+    asked = []
+
+    def nowhere(data_dir=None, download=True):
+        asked.append(download)
+        raise data.DataNotFoundError("nowhere")
+    monkeypatch.setattr(data, 'find_data_dir', nowhere)
+    assert data.main(argv) == 1
+    assert asked == [download] and capsys.readouterr().err == 'error: nowhere\n'
+
+
+@pytest.mark.parametrize('argv, message', [
+    ([''], 'argument DIR: is empty (an unset shell variable?)'),
+    (['a', 'b'], 'unrecognized arguments: b'),
+    (['a', '--data-dir', 'b'], 'give the data folder once'),
+    (['--data-dir', ''], 'argument --data-dir: is empty'),
+    (['--data-dir'], 'argument --data-dir: expected one argument'),
+    (['--verbose'], 'unrecognized arguments: --verbose'),
+])
+def test_main_refuses_bad_command_lines_with_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        data.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('data.py: error: ') and message in err and err.count('\n') == 1
+
+
+# ---------------------------------------------------------------- python data.py, as a user runs it
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA_PY = os.path.join(ROOT, 'data.py')
+ENV = {name: value for name, value in os.environ.items() if name not in (data.ENV_VAR, 'TRACEBACK')}
+
+
+def _command(*args, limit_data_kb=None, close_stderr=False):
+    """`python data.py ARGS`, through sh when the run needs a shell's `ulimit -d` or `2>&-`."""
+    command = [sys.executable, DATA_PY, *args]
+    if limit_data_kb or close_stderr:
+        script = (f'ulimit -d {limit_data_kb}; ' if limit_data_kb else '') + 'exec "$0" "$@"'
+        return ['sh', '-c', script + (' 2>&-' if close_stderr else ''), *command]
+    return command
+
+
+def _run_all(runs):
+    """{name: (code, stdout, stderr)} for {name: (argv, cwd)}, three at a time: each run imports torch,
+    about 0.5 GB and seconds of CPU, on a machine others share."""
+    def run(argv_cwd):
+        try:
+            result = subprocess.run(argv_cwd[0], cwd=argv_cwd[1], env=ENV, capture_output=True, text=True,
+                                    timeout=300)
+            return result.returncode, result.stdout, result.stderr
+        except subprocess.TimeoutExpired as timeout:  # a FIFO opened, or /dev/zero read to its end
+            return 'timed out', timeout.stdout, timeout.stderr
+    with ThreadPoolExecutor(3) as pool:
+        return dict(zip(runs, pool.map(run, runs.values())))
+
+
+def _one_line(err):
+    assert 'Traceback' not in err and 'Warning' not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _real_gzip(name):
+    """The real file `name` as gzip bytes, whichever form it is installed in."""
+    path = data._locate(name, data.find_data_dir(download=False))
+    with open(path, 'rb') as f:
+        content = f.read()
+    return content if path.endswith('.gz') else gzip.compress(content, compresslevel=1)
+
+
+@pytest.fixture(scope='module')
+def data_py_runs(tmp_path_factory):
+    """Every `python data.py` that just runs to its end, started together; each in an empty folder of its
+    own (but the first, which runs where the Makefile does), to see what it leaves behind."""
+    base = tmp_path_factory.mktemp('data-py')
+
+    def folder(name, replace=None):
+        """A data folder of links to the real files, with some replaced by what make(path) puts there."""
+        path = _link_real_files(base / name)
+        for file_name, make in (replace or {}).items():
+            for old in (file_name, file_name + '.gz'):
+                if os.path.lexists(path / old):
+                    os.remove(path / old)
+            make(path / (file_name + '.gz'))
+        return str(path)
+
+    # The real training images followed by 4 GiB of zeros (gzip members of 1 MiB each): a valid header and
+    # gigabytes of payload, under `ulimit -d` of 1.5 GB, so that reading it whole would fail, not swap.
+    zeros = gzip.compress(bytes(2**20))
+    oversized = lambda path: path.write_bytes(_real_gzip('train-images-idx3-ubyte') + zeros * 4096)  # noqa: E731
+    # A FIFO (opening it would wait for a writer forever) and /dev/zero (endless bytes) as data files.
+    hostile = {'train-images-idx3-ubyte': os.mkfifo, 't10k-labels-idx1-ubyte': lambda p: os.symlink('/dev/zero', p)}
+    runs = {
+        'no arguments': (_command(), ROOT),
+        'help': (_command('--help'), None),
+        'gigabytes of payload': (_command(folder('oversized', {'train-images-idx3-ubyte': oversized}),
+                                          limit_data_kb=1_500_000), None),
+        'fifo and dev-zero': (_command('--data-dir', folder('hostile', hostile)), None),
+        'stderr closed': (_command('--data-dir', str(base / 'nowhere'), close_stderr=True), None),
+    }
+    cwds = {name: cwd or str(base / 'cwd' / name.replace(' ', '-')) for name, (_, cwd) in runs.items()}
+    for cwd in cwds.values():
+        os.makedirs(cwd, exist_ok=True)
+    results = _run_all({name: (argv, cwds[name]) for name, (argv, _) in runs.items()})
+    return results, cwds
+
+
+def test_data_py_with_no_arguments_finds_and_checks_the_data_exit_0(data_py_runs):
+    code, out, err = data_py_runs[0]['no arguments']
+    assert code == 0, err
+    assert out.startswith('data: Fashion-MNIST in ') and '(60,000 train / 10,000 test, files valid)' in out
+    assert err == ''
+
+
+def test_data_py_help_is_help_not_a_folder(data_py_runs):
+    code, out, err = data_py_runs[0]['help']
+    assert code == 0 and out.startswith('usage: data.py') and '--data-dir DIR' in out and err == ''
+
+
+@pytest.mark.parametrize('case, fragments', [
+    ('gigabytes of payload', ['error: ', 'train-images-idx3-ubyte.gz: more data than the 47040016 bytes '
+                              'decompressed its header promises']),
+    ('fifo and dev-zero', ['error: data folder ', 'has train-images-idx3-ubyte.gz, but it is a FIFO',
+                           'has t10k-labels-idx1-ubyte.gz, but it is a device, not a file']),
+])
+def test_data_py_refuses_bad_input_with_one_line_and_exit_2(data_py_runs, case, fragments):
+    results, cwds = data_py_runs
+    code, out, err = results[case]
+    assert code == 2, (code, err)
+    line = _one_line(err)
+    assert all(fragment in line for fragment in fragments), line
+    assert out == '' and os.listdir(cwds[case]) == []
+
+
+def test_data_py_with_stderr_closed_still_exits_2(data_py_runs):
+    results, cwds = data_py_runs
+    code, out, err = results['stderr closed']
+    assert code == 2 and out == '' and err == ''
+    assert os.listdir(cwds['stderr closed']) == []  # its messages went nowhere, not into a file
+
+
+def _has_open(pid, fragment):
+    """Whether process `pid` has a file whose path contains `fragment` open right now."""
+    try:
+        fds = os.listdir(f'/proc/{pid}/fd')
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if fragment in os.readlink(f'/proc/{pid}/fd/{fd}'):
+                return True
+    return False
+
+
+def _torch_is_loading(pid):
+    """Whether process `pid` has mapped libtorch: it is importing torch (after cli.start()) or past that."""
+    with contextlib.suppress(OSError):
+        with open(f'/proc/{pid}/maps') as maps:
+            return 'libtorch' in maps.read()
+    return False
+
+
+@pytest.mark.parametrize('sig, moment', [
+    (signal.SIGINT, lambda pid: _has_open(pid, 'train-images-idx3-ubyte')),  # decompressing the images
+    (signal.SIGTERM, _torch_is_loading),
+], ids=['ctrl-c while reading', 'kill while importing torch'])
+def test_data_py_interrupted_exits_130_with_one_line(tmp_path, sig, moment):
+    process = subprocess.Popen(_command(), cwd=tmp_path, env=ENV, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if moment(process.pid):
+            process.send_signal(sig)
+            break
+        time.sleep(0.01)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130, (process.returncode, err)
+    assert _one_line(err) == 'interrupted' and out == ''
+    assert os.listdir(tmp_path) == []
+
+
+def test_data_py_with_stdout_closed_keeps_its_exit_code_and_says_so(tmp_path):
+    # `python data.py | head -c 0`: the reader is gone before the line is printed
+    process = subprocess.Popen(_command(), cwd=ROOT, env=ENV, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=300) == 0
+    assert _one_line(err).startswith('note: standard output could not be written')

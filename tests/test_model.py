@@ -1,8 +1,22 @@
-"""model.py: O = XW + b with the book's shapes and initialisation, and the checkpoint round trip."""
+"""model.py: O = XW + b with the book's shapes and initialisation, the checkpoint round trip, every kind of
+checkpoint that is not one, and `python model.py` run as a user runs it (exit codes, one line, signals,
+closed streams)."""
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
-from model import CheckpointError, SoftmaxRegression, load_checkpoint, main
+import data
+from model import MAX_CHECKPOINT_BYTES, CheckpointError, SoftmaxRegression, load_checkpoint, main
 
 
 def test_parameters_are_W_784_by_10_and_b_10():
@@ -96,9 +110,280 @@ def test_missing_checkpoint(tmp_path):
         load_checkpoint(str(tmp_path / 'nope.pt'))
 
 
-def test_command_line_prints_one_error_line_and_exits_2(tmp_path, capsys):
+def test_main_raises_the_checkpoint_error_that_cli_run_prints_as_one_line(tmp_path):
     path = tmp_path / 'model.pt'
     path.write_text('<html>')
-    assert main([str(path)]) == 2
+    with pytest.raises(CheckpointError, match='not a readable PyTorch checkpoint') as error:
+        main([str(path)])
+    assert '\n' not in str(error.value)
+
+
+# ---------------------------------------------------------------- checkpoints that pass the shape check, and others
+
+def _save(obj, path):
+    with warnings.catch_warnings():  # torch's own warnings about making sparse or quantized tensors
+        warnings.simplefilter('ignore')
+        torch.save(obj, path)
+    return path
+
+
+def _state(W=None, b=None, **extra):
+    return {'W': torch.zeros(784, 10) if W is None else W, 'b': torch.zeros(10) if b is None else b, **extra}
+
+
+class NotATensor:
+    """A class a checkpoint must not be able to bring along: unpickling it means running its module's code."""
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ('echo this ran',))
+
+
+def _zip_of(entries, compression=zipfile.ZIP_STORED):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w', compression=compression) as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def _quantized():
+    with warnings.catch_warnings():  # "quantized tensor creation functions ... are deprecated"
+        warnings.simplefilter('ignore')
+        return torch.quantize_per_tensor(torch.zeros(784, 10), 0.1, 0, torch.qint8)
+
+
+def _write(content):
+    def write(path):
+        path.write_bytes(content)
+        return path
+    return write
+
+
+def _truncated(path):
+    return _write(_save({'model': _state()}, path).read_bytes()[:-100])(path)
+
+
+def _sparse_file(path):
+    with open(path, 'wb') as f:
+        f.truncate(MAX_CHECKPOINT_BYTES + 1)  # a hole: takes no disk space, and no time
+    return path
+
+
+BAD_CHECKPOINTS = {
+    'extra non-tensor entry': (lambda p: _save({'model': _state(note='hello')}, p), "'note': 'str'"),
+    'extra tensor entry': (lambda p: _save({'model': _state(step=torch.zeros(1))}, p), "'step': (1,)"),
+    'meta tensor': (lambda p: _save({'model': _state(W=torch.empty(784, 10, device='meta'))}, p),
+                    'W is a meta tensor (a shape with no values)'),
+    'sparse tensor': (lambda p: _save({'model': _state(W=torch.zeros(784, 10).to_sparse())}, p),
+                      'W is a sparse_coo tensor, not dense weights'),
+    'quantized tensor': (lambda p: _save({'model': _state(W=_quantized())}, p),
+                         'W holds qint8 values, not floating-point weights'),
+    'integer tensor': (lambda p: _save({'model': _state(b=torch.zeros(10, dtype=torch.int64))}, p),
+                       'b holds int64 values, not floating-point weights'),
+    'complex tensor': (lambda p: _save({'model': _state(W=torch.zeros(784, 10, dtype=torch.complex64))}, p),
+                       'W holds complex64 values'),
+    'nan weights': (lambda p: _save({'model': _state(W=torch.full((784, 10), float('nan')))}, p),
+                    'W holds 7840 non-finite values (nan or inf) out of 7840'),
+    'one inf bias': (lambda p: _save({'model': _state(b=torch.tensor([0.0] * 9 + [float('inf')]))}, p),
+                     'b holds 1 non-finite values'),
+    'float64 beyond float32': (lambda p: _save({'model': _state(W=torch.full((784, 10), 1e300, dtype=torch.float64))},
+                                               p), 'W holds 7840 non-finite values'),
+    'a class of its own': (lambda p: _save({'model': _state(), 'extra': NotATensor()}, p),
+                           'refused to load: it asks for the Python object test_model.NotATensor'),
+    'code to run': (lambda p: _save({'model': RunsCode()}, p), 'refused to load: it asks for the Python object'),
+    'a 5000-digit number': (lambda p: _save({'model': _state(), 'epoch': 10**5000}, p),
+                            'refused to load: its pickled data holds more than tensors and plain values '
+                            '(Unsupported operand 139)'),
+    'state dict not a dict': (lambda p: _save({'model': [torch.zeros(784, 10)]}, p), "expected a dict with a 'model'"),
+    'a list': (lambda p: _save([1, 2], p), "expected a dict with a 'model'"),
+    'folder': (lambda p: p.mkdir() or p, 'is a folder, not a checkpoint file'),
+    'dev-zero': (lambda p: os.symlink('/dev/zero', p) or p, 'is not a regular file'),
+    'dangling link': (lambda p: os.symlink(p.parent / 'gone', p) or p, 'which does not exist'),
+    'empty file': (_write(b''), 'not a readable PyTorch checkpoint (the file is empty)'),
+    'text': (_write(b'not a checkpoint at all'), 'not a readable PyTorch checkpoint (neither a zip archive'),
+    'zip of something else': (_write(_zip_of({'hello.txt': 'hi'})), 'not a readable PyTorch checkpoint'),
+    'truncated zip': (_truncated, 'a truncated or damaged zip archive'),
+    'zip bomb': (_write(_zip_of({'archive/data.pkl': bytes(64 * 2**20)}, zipfile.ZIP_DEFLATED)),
+                 'its entries unpack to 67,108,864 bytes'),
+    'huge file': (_sparse_file, f'{MAX_CHECKPOINT_BYTES + 1:,} bytes, far more than a checkpoint'),
+}
+
+
+@pytest.mark.parametrize('case', BAD_CHECKPOINTS)
+def test_every_bad_checkpoint_is_one_clear_line_and_never_advises_the_unsafe_load(tmp_path, case):
+    make, message = BAD_CHECKPOINTS[case]
+    path = make(tmp_path / 'model.pt')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        with pytest.raises(CheckpointError) as error:
+            load_checkpoint(str(path))
+    text = str(error.value)
+    assert message in text and text.startswith(f"{path}: ")
+    assert '\n' not in text and len(text) < 400
+    assert 'weights_only' not in text and 'safe_globals' not in text
+    assert caught == []  # torch's warnings would be lines of their own on stderr
+
+
+def test_float64_and_parameter_checkpoints_load_as_float32(tmp_path):
+    W = torch.randn(784, 10, dtype=torch.float64)
+    path = _save({'model': {'W': torch.nn.Parameter(W), 'b': torch.ones(10, dtype=torch.float64)}}, tmp_path / 'm.pt')
+    model, _ = load_checkpoint(str(path))
+    assert model.W.dtype == torch.float32 and torch.equal(model.W.detach(), W.float())
+    assert torch.equal(model.b.detach(), torch.ones(10))
+
+
+@pytest.mark.parametrize('config', [None, 'textbook', ['lr', 0.1], {'recipe': 7, 'loss': 'x' * 500}, {}])
+def test_any_config_is_described_as_far_as_it_makes_sense(tmp_path, config, capsys):
+    path = _save({'model': _state(), 'config': config, 'epoch': 10**30}, tmp_path / 'model.pt')
+    _, checkpoint = load_checkpoint(str(path))
+    assert checkpoint['config'] == config
+    assert main([str(path), '--data-dir', data.find_data_dir(download=False)]) == 0
+    assert f"{path}: epoch ?, ? recipe, ? loss; W (784, 10), b (10,); test accuracy 0.1000\n" == capsys.readouterr().out
+
+
+@pytest.mark.parametrize('argv, message', [
+    ([''], 'argument checkpoint: is empty (an unset shell variable?)'),
+    (['a.pt', '--data-dir', ''], 'argument --data-dir: is empty'),
+    (['a.pt', 'b.pt'], 'unrecognized arguments: b.pt'),
+    ([], 'the following arguments are required: checkpoint'),
+])
+def test_main_refuses_bad_command_lines_with_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith('error: ') and err.count('\n') == 1
+    assert err.startswith('model.py: error: ') and message in err and err.count('\n') == 1
+
+
+# ---------------------------------------------------------------- python model.py, as a user runs it
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_PY = os.path.join(ROOT, 'model.py')
+ENV = {name: value for name, value in os.environ.items() if name not in (data.ENV_VAR, 'TRACEBACK')}
+
+
+def _command(*args, close_stderr=False):
+    """`python model.py ARGS`, through sh for `2>&-`."""
+    command = [sys.executable, MODEL_PY, *args]
+    return ['sh', '-c', 'exec "$0" "$@" 2>&-', *command] if close_stderr else command
+
+
+def _one_line(err):
+    assert 'Traceback' not in err and 'Warning' not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _nearest_mean_model(fashion_mnist):
+    """A model worth evaluating, in a fraction of a second: the nearest class mean as O = XW + b,
+    argmin_k |x - m_k|^2 = argmax_k (x . m_k - |m_k|^2 / 2), so W = [m_0 ... m_9], b_k = -|m_k|^2 / 2."""
+    train_images, train_labels = fashion_mnist[0].float() / 255, fashion_mnist[1]
+    means = torch.stack([train_images[train_labels == k].mean(0) for k in range(10)])  # (10, 784)
+    model = SoftmaxRegression()
+    with torch.no_grad():
+        model.W.copy_(means.T)
+        model.b.copy_(-0.5 * (means ** 2).sum(1))
+    return model
+
+
+@pytest.fixture(scope='module')
+def model_py_runs(tmp_path_factory, fashion_mnist):
+    """Every `python model.py` that runs to its end, started three at a time (each imports torch: about
+    0.5 GB and seconds of CPU on a shared machine), each in an empty folder of its own."""
+    base = tmp_path_factory.mktemp('model-py')
+    model = _nearest_mean_model(fashion_mnist)
+    with torch.no_grad():
+        accuracy = float((model(fashion_mnist[2].float() / 255).argmax(1) == fashion_mnist[3]).float().mean())
+    good = {'model': model.state_dict(), 'config': {'recipe': 'textbook', 'loss': 'scratch'}, 'epoch': 3}
+    checkpoints = {
+        'good': good,
+        'nan weights': dict(good, model=_state(W=torch.full((784, 10), float('nan')))),
+        'a class of its own': dict(good, extra=NotATensor()),
+    }
+    paths = {name: str(_save(checkpoint, base / f"{name.replace(' ', '-')}.pt"))
+             for name, checkpoint in checkpoints.items()}
+    os.mkfifo(base / 'fifo.pt')
+    data_dir = data.find_data_dir(download=False)
+    runs = {name: _command(path, '--data-dir', data_dir) for name, path in paths.items()}
+    runs['fifo'] = _command(str(base / 'fifo.pt'), '--data-dir', data_dir)  # opening it would wait forever
+    runs['stderr closed'] = _command(paths['nan weights'], '--data-dir', data_dir, close_stderr=True)
+    cwds = {name: base / 'cwd' / name.replace(' ', '-') for name in runs}
+
+    def run(name):
+        cwds[name].mkdir(parents=True)
+        try:
+            result = subprocess.run(runs[name], cwd=cwds[name], env=ENV, capture_output=True, text=True, timeout=300)
+            return result.returncode, result.stdout, result.stderr
+        except subprocess.TimeoutExpired as timeout:
+            return 'timed out', timeout.stdout, timeout.stderr
+    with ThreadPoolExecutor(3) as pool:
+        results = dict(zip(runs, pool.map(run, runs)))
+    return results, paths, cwds, accuracy
+
+
+def test_model_py_prints_what_the_checkpoint_holds_and_its_test_accuracy(model_py_runs):
+    results, paths, cwds, accuracy = model_py_runs
+    code, out, err = results['good']
+    assert code == 0 and err == ''
+    assert out == f"{paths['good']}: epoch 3, textbook recipe, scratch loss; W (784, 10), b (10,); " \
+                  f"test accuracy {accuracy:.4f}\n"
+    assert 0.6 < accuracy < 0.8  # the nearest class mean: a real result, not chance's 0.1
+    assert os.listdir(cwds['good']) == []
+
+
+@pytest.mark.parametrize('case, fragments', [
+    ('nan weights', ['W holds 7840 non-finite values (nan or inf)']),
+    ('a class of its own', ['refused to load: it asks for the Python object', 'NotATensor']),
+    ('fifo', ['fifo.pt: is not a regular file']),
+])
+def test_model_py_refuses_bad_input_with_one_line_and_exit_2(model_py_runs, case, fragments):
+    results, _, cwds, _ = model_py_runs
+    code, out, err = results[case]
+    assert code == 2, (code, err)
+    line = _one_line(err)
+    assert all(fragment in line for fragment in fragments), line
+    assert 'weights_only' not in line and 'accuracy' not in out and out == ''
+    assert os.listdir(cwds[case]) == []
+
+
+def test_model_py_with_stderr_closed_still_exits_2(model_py_runs):
+    results, _, cwds, _ = model_py_runs
+    assert results['stderr closed'] == (2, '', '')
+    assert os.listdir(cwds['stderr closed']) == []
+
+
+def _torch_is_loading(pid):
+    """Whether process `pid` has mapped libtorch: it is importing torch (after cli.start()) or past that."""
+    with contextlib.suppress(OSError):
+        with open(f'/proc/{pid}/maps') as maps:
+            return 'libtorch' in maps.read()
+    return False
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['ctrl-c', 'kill'])
+def test_model_py_interrupted_while_loading_exits_130_with_one_line(model_py_runs, tmp_path, sig):
+    process = subprocess.Popen(_command(model_py_runs[1]['good']), cwd=tmp_path, env=ENV, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if _torch_is_loading(process.pid):
+            process.send_signal(sig)
+            break
+        time.sleep(0.01)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130, (process.returncode, err)
+    assert _one_line(err) == 'interrupted' and out == ''
+    assert os.listdir(tmp_path) == []
+
+
+def test_model_py_with_stdout_closed_keeps_its_exit_code_and_says_so(model_py_runs, tmp_path):
+    # `python model.py model.pt | head -c 0`: the reader is gone before the result is printed
+    process = subprocess.Popen(_command(model_py_runs[1]['good'], '--data-dir', data.find_data_dir(download=False)),
+                               cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=300) == 0
+    assert _one_line(err).startswith('note: standard output could not be written')
