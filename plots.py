@@ -256,10 +256,12 @@ def plot_sweep_curves(histories, title):
     for index, lr in enumerate(lrs):
         history, status = histories[lr]
         color = matplotlib.colormaps['plasma'](0.85 * index / max(1, len(lrs) - 1))
+        marker = 'os^Dv<>p'[index % 8]  # neighbouring colours of the map are close: the markers tell them apart
         epochs = [row['epoch'] for row in history]
         for axes, key in ((loss_axes, 'test_loss'), (acc_axes, 'test_acc')):
             values = [row[key] for row in history]
-            axes.plot(epochs, values, '-o', color=color, markersize=3, label=labels[lr])
+            axes.plot(epochs, values, '-', marker=marker, color=color, markersize=4, label=labels[lr],
+                      markevery=max(1, len(epochs) // 12))
             if status == 'diverged':
                 axes.plot(epochs[-1:], values[-1:], 'x', color=color, markersize=10, markeredgewidth=2.5)
     # log scale: a too-large learning rate's test loss is several times the others', which flattens them
@@ -269,13 +271,135 @@ def plot_sweep_curves(histories, title):
         axes.grid(alpha=0.3, which='both')
         axes.xaxis.get_major_locator().set_params(integer=True)
     # Plain numbers on the log axis (0.5, not 5 x 10^-1). Minor ticks are labelled while they fit: all of
-    # them within a decade, those starting with 2, 3 or 5 within two, none beyond.
+    # them over a factor of 3, those starting with 2, 3 or 5 over two decades, none beyond.
     bottom, top = loss_axes.get_ylim()
-    minor_digits = '123456789' if top / bottom < 10 else '235' if top / bottom < 100 else ''
+    minor_digits = '123456789' if top / bottom < 3 else '235' if top / bottom < 100 else ''
     loss_axes.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     loss_axes.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
         lambda value, _: f"{value:g}" if f"{value:e}"[0] in minor_digits else ''))
     figure.legend(*loss_axes.get_legend_handles_labels(), loc='center right', bbox_to_anchor=(0.995, 0.5),
                   fontsize=9)  # beside the curves, never on them
     figure.suptitle(title, fontsize=11)
+    return figure
+
+
+def _short(name, limit=24):
+    """A file name cut in the middle to fit above a small image."""
+    return name if len(name) <= limit else name[:limit // 2 - 1] + '…' + name[-(limit // 2):]
+
+
+def plot_predict(entries, total=None, model=''):
+    """predict.py's figure: per image the original, the 28x28 the model saw, its ten probabilities.
+
+    entries: dicts with 'name' (str), 'original' ((h, w, 3) uint8, a thumbnail), 'seen' ((28, 28) uint8,
+    the model's input: light item on black) and 'probabilities' (10 floats); total: how many images
+    were predicted, when only the first len(entries) are drawn; model: what predicted, for the title.
+    """
+    count = len(entries)
+    total = total or count
+    columns = 1 if count <= 4 else 2
+    rows = -(-count // columns)
+    figure = _new_figure(7.4 * columns, 1.95 * rows + 0.8)
+    # per image: original | model input | probabilities, and a spacer between the two columns of images
+    grid = figure.add_gridspec(rows, 4 * columns - 1, width_ratios=([1, 1, 2.3, 0.25] * columns)[:-1])
+    for index, entry in enumerate(entries):
+        row, column = divmod(index, columns)
+        original, seen, bars = (figure.add_subplot(grid[row, 4 * column + k]) for k in range(3))
+        original.imshow(entry['original'])
+        original.set_title(_short(entry['name']), fontsize=7)
+        seen.imshow(entry['seen'], cmap='gray', vmin=0, vmax=255)
+        seen.set_title('model input 28×28', fontsize=7)
+        for axes in (original, seen):  # a frame, so that a photo's white background shows where it ends
+            axes.set_xticks([])
+            axes.set_yticks([])
+            for spine in axes.spines.values():
+                spine.set(color='lightgray', linewidth=0.8)
+        probabilities = entry['probabilities']
+        best = max(range(len(probabilities)), key=probabilities.__getitem__)
+        bars.barh(range(len(TEXT_LABELS)), probabilities, height=0.7,
+                  color=['tab:orange' if k == best else 'silver' for k in range(len(TEXT_LABELS))])
+        bars.text(min(probabilities[best], 0.75) + 0.02, best, f"{probabilities[best]:.1%}", va='center', fontsize=7)
+        bars.set_yticks(range(len(TEXT_LABELS)), TEXT_LABELS, fontsize=7)
+        bars.invert_yaxis()  # t-shirt on top, label order
+        bars.set_xlim(0, 1)
+        bars.set_xticks([0, 0.5, 1], ['0', '50%', '100%'], fontsize=7)
+        bars.set_title(f"predicted: {TEXT_LABELS[best]}", fontsize=9)
+        bars.grid(axis='x', alpha=0.3)
+    title = f"predict.py: {count} image{'s' if count > 1 else ''}, model {model}" if model else \
+        f"predict.py: {count} image{'s' if count > 1 else ''}"
+    if total > count:
+        title = f"predict.py: the first {count} of {total} images (all {total} are in the printed output)" + \
+            (f"\nmodel {model}" if model else '')
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def plot_confidence(calibration):
+    """confidence.png, from predict.calibration(probabilities, labels)'s dict, two panels:
+
+    (a) reliability diagram: accuracy against mean confidence in each confidence bin, the diagonal, the
+        number of examples per bin underneath, and the expected calibration error;
+    (b) accuracy against coverage when the model abstains below a confidence threshold, with the
+        threshold that reaches the target accuracy (95%) marked.
+    """
+    figure = _new_figure(12, 5.4)
+    grid = figure.add_gridspec(2, 2, height_ratios=[3, 1.1])
+    reliability = figure.add_subplot(grid[0, 0])
+    counts_axes = figure.add_subplot(grid[1, 0], sharex=reliability)
+    coverage_axes = figure.add_subplot(grid[:, 1])
+
+    edges, counts = calibration['edges'], calibration['counts']
+    width = edges[1] - edges[0]
+    centres = [(low + high) / 2 for low, high in zip(edges[:-1], edges[1:])]
+    filled = [b for b, count in enumerate(counts) if count]
+    accuracy = [calibration['bin_accuracy'][b] for b in filled]
+    confidence = [calibration['bin_confidence'][b] for b in filled]
+    impossible = 1 / len(TEXT_LABELS)  # the largest of 10 probabilities is at least 0.1
+    reliability.axvspan(0, impossible, color='0.93', label=f"confidence < {impossible:g}: impossible")
+    reliability.bar([centres[b] for b in filled], accuracy, width=width, color='tab:blue', edgecolor='black',
+                    linewidth=0.5, label='accuracy in the bin')
+    reliability.bar([centres[b] for b in filled], [c - a for a, c in zip(accuracy, confidence)], bottom=accuracy,
+                    width=width, color='tab:red', alpha=0.3, edgecolor='tab:red', hatch='//', linewidth=0.5,
+                    label="gap to the bin's mean confidence")
+    reliability.plot([0, 1], [0, 1], 'k--', linewidth=1, label='perfectly calibrated')
+    reliability.set(xlim=(0, 1), ylim=(0, 1), ylabel='accuracy',
+                    title=f"(a) reliability: ECE = {calibration['ece']:.4f} ({calibration['bins']} bins)")
+    reliability.legend(loc='upper left', fontsize=8)
+    reliability.grid(alpha=0.3)
+    reliability.tick_params(labelbottom=False)
+
+    counts_axes.bar(centres, counts, width=width, color='gray', edgecolor='black', linewidth=0.5)
+    for b in filled:
+        counts_axes.text(centres[b], counts[b], f"{counts[b]:,}", ha='center', va='bottom', fontsize=7)
+    counts_axes.set_yscale('log')
+    counts_axes.set_ylim(0.8, max(counts) * 12)
+    counts_axes.set(xlabel='confidence: the largest softmax probability', ylabel='examples')
+
+    curve = calibration['coverage_curve']
+    coverage_axes.plot(curve['coverage'], curve['accuracy'], color='tab:blue',
+                       label='accuracy on the answered examples')
+    target = calibration['target_accuracy']
+    coverage_axes.axhline(target, color='tab:green', linestyle=':', label=f"{target:.0%} accuracy")
+    everything = calibration['accuracy']
+    coverage_axes.plot([1], [everything], 'o', color='black')
+    coverage_axes.annotate(f"answer everything:\n{everything:.1%} right", (1, everything), xytext=(-10, -30),
+                           textcoords='offset points', ha='right', fontsize=9)
+    if calibration['threshold'] is not None:
+        coverage, answered = calibration['coverage'], calibration['answered_accuracy']
+        coverage_axes.plot([coverage], [answered], 'o', color='tab:green', markersize=8)
+        coverage_axes.axvline(coverage, color='tab:green', linestyle=':', linewidth=1)
+        coverage_axes.annotate(f"answer only when confidence ≥ {calibration['threshold']:.3f}:\n"
+                               f"{coverage:.1%} of the examples answered, {answered:.1%} right",
+                               (coverage, answered), xytext=(-12, -40), textcoords='offset points', ha='right',
+                               fontsize=9, arrowprops=dict(arrowstyle='->', color='tab:green'))
+    else:
+        coverage_axes.text(0.5, target, f"no threshold reaches {target:.0%}", ha='center', va='bottom')
+    low = min(curve['accuracy'] + [everything, target])
+    coverage_axes.set(xlim=(0, 1.02), ylim=(max(0, low - 0.05), 1.005),
+                      xlabel='coverage: share of the examples answered (the most confident first)',
+                      ylabel='accuracy', title='(b) abstaining below a confidence threshold')
+    coverage_axes.legend(loc='lower left', fontsize=8)
+    coverage_axes.grid(alpha=0.3)
+    figure.suptitle(f"When to trust the top label: {calibration['n']:,} examples, "
+                    f"accuracy {everything:.4f}, mean confidence {calibration['mean_confidence']:.4f}")
     return figure
