@@ -1,14 +1,19 @@
 """Tests for losses.py: the notes' worked examples, stability, and parity with torch."""
 
+import functools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
+from torch import nn
 
+import cli
 import losses
-from losses import (LOSSES, accuracy, correct_count, cross_entropy, cross_entropy_naive,
+import plots
+from losses import (LOSSES, STAGES, accuracy, correct_count, cross_entropy, cross_entropy_naive,
                     log_softmax, softmax, softmax_naive)
 
 # -----------------------------------------------------------------------------
@@ -171,9 +176,13 @@ def cross_entropy_cases(draw):
     return logits, target, kwargs
 
 
-def assert_close_to_reference(ours, reference):
-    """Compare within a tolerance scaled to the magnitude of the reference values."""
-    rtol = 2e-5 if ours.dtype == torch.float32 else 1e-10
+def assert_close_to_reference(ours, reference, precision=None):
+    """Compare within a tolerance scaled to the magnitude of the reference values.
+
+    precision: the dtype whose rounding limits the agreement (default ours'): float32 where any operand
+    was float32, even if the result was promoted to float64.
+    """
+    rtol = 2e-5 if (precision or ours.dtype) == torch.float32 else 1e-10
     magnitude = reference.detach().nan_to_num(0.0).abs().max().item() if reference.numel() else 0.0
     torch.testing.assert_close(ours, reference, rtol=rtol, atol=rtol * (1 + magnitude), equal_nan=True)
 
@@ -285,7 +294,7 @@ def test_bad_options_raise_value_error():
     with pytest.raises(ValueError, match='ignore_index'):
         cross_entropy(x, torch.rand(4, 10), ignore_index=0)
     with pytest.raises(ValueError, match=r'\(N, C\)'):
-        cross_entropy(torch.randn(2, 10, 3), torch.zeros(2, 3, dtype=torch.long))
+        cross_entropy(torch.randn(4, 10).long(), y)
 
 
 @pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
@@ -311,10 +320,376 @@ def test_byte_class_indices_are_accepted_as_torch_accepts_them():
 
 def test_demo_prints_the_worked_examples_and_saves_the_plot(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    losses.main()
+    assert losses.main() == 0  # from Python: the defaults, whatever sys.argv holds
     printed = capsys.readouterr().out
     for number in ('0.357', '2.3026', '0.6931', '0.5', 'nan'):
         assert number in printed
     png = tmp_path / 'outputs' / 'stability.png'
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert [p.name for p in png.parent.iterdir()] == ['stability.png']  # no temp file left behind
+
+
+def test_demo_table_has_one_column_per_stage_and_says_where_each_breaks(tmp_path, capsys):
+    assert losses.main(['--out', str(tmp_path / 'figures')]) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    start = next(k for k, line in enumerate(lines) if line.split()[:1] == ['s'])
+    assert lines[start].split() == ['s', 'naive', 'max-subtracted', '+', 'eps', 'LogSumExp', 'torch']
+    rows = {line.split()[0]: line.split()[1:] for line in lines[start + 1:start + 6]}
+    assert list(rows) == ['1', '10', '100', '1000', '10000']
+    assert rows['1'] == [rows['1'][0]] * 5  # every stage agrees on small logits
+    assert rows['100'][:2] == ['nan', 'inf']
+    for reason in ('naive: nan from s = 100', 'max-subtracted: inf from s = 100', 'underflow',
+                   '+ eps: finite but wrong from s = 10', '18.42', 'LogSumExp: finite at every s and equal to torch',
+                   '80 of 80 nan'):
+        assert reason in printed
+    assert (tmp_path / 'figures' / 'stability.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_demo_output_folder_that_cannot_be_made_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / 'outputs').write_text('a file, not a folder')
+    assert cli.run(losses.main, ['--out', str(tmp_path / 'outputs')]) == cli.EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    assert captured.err.count('\n') == 1 and captured.err.startswith('error: ') and 'outputs' in captured.err
+    assert captured.out == ''  # refused before any work
+
+
+def test_demo_interrupted_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
+    def interrupted(*args):
+        raise KeyboardInterrupt  # as Ctrl-C while the figure is drawn
+    monkeypatch.setattr(plots, 'plot_stability', interrupted)
+    assert cli.run(losses.main, ['--out', str(tmp_path)]) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip() == 'interrupted'
+    assert list(tmp_path.iterdir()) == []
+
+
+# -----------------------------------------------------------------------------
+# the notes' stages, each at the scale where it breaks
+
+
+def test_each_stage_of_the_notes_breaks_where_the_notes_say():
+    generator = torch.Generator().manual_seed(0)
+    O = torch.randn(8, 10, generator=generator)
+    y = torch.randint(0, 10, (8,), generator=generator)
+    assert list(STAGES) == ['naive', 'max-subtracted', '+ eps', 'LogSumExp', 'torch']
+    table = losses.stability_table(O, y, [1, 10, 100])
+    naive, shifted, patched, logsumexp, reference = (table[name] for name in STAGES)
+    # s = 1: all five agree
+    for name in STAGES:
+        assert table[name][0] == pytest.approx(reference[0], rel=1e-5)
+    # s = 10: the true loss exceeds what + eps can show (a true-class probability is ~3e-17 < 1e-8)
+    assert naive[1] == pytest.approx(reference[1], rel=1e-5) and shifted[1] == pytest.approx(reference[1], rel=1e-5)
+    assert patched[1] < 0.9 * reference[1]
+    # s = 100: overflow (nan), underflow (inf), the cap (finite, wrong), LogSumExp still right
+    assert (O * 100).max() > 88.7 and math.isnan(naive[2])
+    assert softmax(O * 100)[torch.arange(8), y].min() == 0 and shifted[2] == math.inf
+    assert math.isfinite(patched[2]) and patched[2] <= -math.log(1e-8) + 1e-4 and patched[2] < reference[2] / 5
+    assert logsumexp[2] == pytest.approx(reference[2], rel=1e-6) and math.isfinite(logsumexp[2])
+
+
+def test_closed_form_gradient_is_finite_where_autograd_through_naive_is_nan():
+    generator = torch.Generator().manual_seed(0)
+    O = torch.randn(8, 10, generator=generator)
+    y = torch.randint(0, 10, (8,), generator=generator)
+    rows = losses.gradient_rows(O, y, [1, 1000])
+    assert rows[0][1] == 0 and rows[1][1] == 80  # naive: finite at s = 1, all nan at s = 1000
+    for scale, nans, finite, difference in rows:
+        assert finite and difference < 1e-6
+
+
+# -----------------------------------------------------------------------------
+# PyTorch's own test inputs: the OpInfo samples of nn.functional.cross_entropy and the ModuleInfo inputs
+# of nn.CrossEntropyLoss, as torch's test suite runs them (torch ships them; importing them needs expecttest)
+
+OPINFO_SAMPLES, MODULEINFO_SAMPLES = 21, 105  # per dtype
+SAMPLE_DTYPES = (torch.float32, torch.float64)
+
+
+@functools.lru_cache(maxsize=None)
+def torch_samples(dtype):
+    """[(source, input, target, kwargs)] for one dtype; inputs (and probability targets) require grad.
+
+    Imported here, not at the top: building torch's op_db takes seconds, and only these tests need it.
+    """
+    frozen = torch.backends.flags_frozen()
+    from torch.testing._internal.common_methods_invocations import op_db
+    from torch.testing._internal.common_modules import module_db
+    if not frozen:  # importing torch's test utilities froze the torch.backends flags (disable_global_flags)
+        # for the whole process; thaw them, as the other tests may set them. The flag is a global of the
+        # module that defines flags_frozen, which is not the object torch.backends names.
+        torch.backends.flags_frozen.__globals__['__allow_nonbracketed_mutation_flag'] = True
+    opinfo = next(op for op in op_db if op.name == 'nn.functional.cross_entropy')
+    moduleinfo = next(module for module in module_db if module.module_cls is nn.CrossEntropyLoss)
+    samples = []
+    with torch.random.fork_rng():  # the same samples every run, and the global generator untouched
+        torch.manual_seed(0)
+        for sample in opinfo.sample_inputs('cpu', dtype, requires_grad=True):
+            samples.append(('OpInfo', sample.input, sample.args[0], dict(sample.kwargs)))
+        for module_input in moduleinfo.module_inputs_func(moduleinfo, device='cpu', dtype=dtype,
+                                                          requires_grad=True, training=True):
+            input, target = module_input.forward_input.args
+            samples.append(('ModuleInfo', input, target, dict(module_input.constructor_input.kwargs)))
+    return samples
+
+
+def describe(source, input, target, kwargs):
+    return (f"{source}: input {tuple(input.shape)} {input.dtype}, target {tuple(target.shape)} {target.dtype}"
+            f"{' requiring grad' if target.requires_grad else ''}, {kwargs}")
+
+
+def test_torch_samples_are_all_there():
+    """A silent drop (or a new sample) must show: 252 inputs, 78 of them (N, C), as counted for issue 13."""
+    counts = {}
+    for dtype in SAMPLE_DTYPES:
+        for source, input, target, kwargs in torch_samples(dtype):
+            form = '(C,)' if input.dim() == 1 else '(N, C)' if input.dim() == 2 else 'K-dim'
+            probability = input.shape == target.shape
+            counts[source] = counts.get(source, 0) + 1
+            counts[form] = counts.get(form, 0) + 1
+            if form == '(N, C)' and probability and target.requires_grad:
+                counts['(N, C) target requires grad'] = counts.get('(N, C) target requires grad', 0) + 1
+    assert counts == {'OpInfo': 2 * OPINFO_SAMPLES, 'ModuleInfo': 2 * MODULEINFO_SAMPLES,
+                      '(N, C)': 78, 'K-dim': 156, '(C,)': 18, '(N, C) target requires grad': 32}
+    assert not torch.backends.flags_frozen()  # the import left the torch.backends flags settable
+
+
+def check_against_reference(input, target, kwargs, reference_fn):
+    """Value, shape, dtype and gradients (input's, and target's where it requires grad) against torch's."""
+    input = input.detach().clone().requires_grad_()  # fresh leaves: nothing shared between the two graphs
+    target = target.detach().clone().requires_grad_(target.requires_grad)
+    kwargs = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    wrt = [input] + ([target] if target.requires_grad else [])
+    reference = reference_fn(input, target, kwargs)
+    ours = cross_entropy(input, target, **kwargs)
+    assert ours.shape == reference.shape and ours.dtype == reference.dtype
+    assert_close_to_reference(ours.detach(), reference.detach())
+    upstream = torch.rand(reference.shape, dtype=reference.dtype, generator=torch.Generator().manual_seed(0)) + 0.5
+    for name, mine, theirs in zip(('input', 'target'), torch.autograd.grad(ours, wrt, upstream),
+                                  torch.autograd.grad(reference, wrt, upstream)):
+        assert mine.dtype == theirs.dtype, name
+        assert_close_to_reference(mine, theirs)
+
+
+@pytest.mark.parametrize('index', range(OPINFO_SAMPLES + MODULEINFO_SAMPLES))
+@pytest.mark.parametrize('dtype', SAMPLE_DTYPES, ids=str)
+def test_torch_sample_gives_torchs_value_and_gradients(dtype, index):
+    source, input, target, kwargs = torch_samples(dtype)[index]
+    if source == 'OpInfo':
+        reference_fn = lambda input, target, kwargs: F.cross_entropy(input, target, **kwargs)  # noqa: E731
+    else:
+        reference_fn = lambda input, target, kwargs: nn.CrossEntropyLoss(**kwargs)(input, target)  # noqa: E731
+    try:
+        check_against_reference(input, target, kwargs, reference_fn)
+    except Exception as error:
+        raise AssertionError(f"{describe(source, input, target, kwargs)}: {error}") from error
+
+
+# -----------------------------------------------------------------------------
+# K-dimensional and unbatched inputs, every option, against F.cross_entropy
+
+
+@st.composite
+def k_dimensional_cases(draw):
+    """(input, target, kwargs, reference_target): (N, C, d1, ..., dK) logits with K = 0..3 (N may be 0), or
+    one example's (C,); index or probability targets (of either float dtype, maybe requiring grad), every
+    option. reference_target is what torch gets: the same target, except a (1,) index for (C,) logits,
+    whose () form torch gets instead (see the end)."""
+    unbatched = draw(st.booleans()) and draw(st.booleans())  # a quarter of the cases
+    C = draw(st.integers(1, 6))
+    if unbatched:
+        shape = (C,)
+    else:
+        shape = (draw(st.integers(0, 4)), C) + tuple(draw(st.lists(st.integers(1, 4), max_size=3)))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    scale = draw(st.sampled_from([1e-2, 1.0, 10.0, 1e3]))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
+    logits = torch.randn(shape, dtype=dtype, generator=generator) * scale
+    kwargs = dict(reduction=draw(st.sampled_from(['none', 'mean', 'sum'])),
+                  label_smoothing=draw(st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0))))
+    class_dim = 0 if unbatched else 1
+    if draw(st.booleans()):  # class probabilities of the input's shape, maybe of another float dtype
+        target_dtype = draw(st.sampled_from([dtype, torch.float32, torch.float64]))
+        target = torch.softmax(torch.randn(shape, dtype=target_dtype, generator=generator) * 3, class_dim)
+        target.requires_grad_(draw(st.booleans()))
+        kwargs['ignore_index'] = draw(st.sampled_from([-100, -1]))  # torch allows only a negative one here
+        if draw(st.booleans()):
+            weight_dtype = draw(st.sampled_from([dtype, target_dtype]))
+            kwargs['weight'] = (torch.rand(C, dtype=weight_dtype, generator=generator) * 2 + 0.1
+                                ).requires_grad_(draw(st.booleans()))
+        return logits, target, kwargs, target
+    ignore_index = draw(st.sampled_from([-100, 0, C - 1]))
+    kwargs['ignore_index'] = ignore_index
+    if draw(st.booleans()):
+        kwargs['weight'] = torch.rand(C, dtype=dtype, generator=generator) * 2 + 0.1
+    target = torch.randint(0, C, shape[:1] + shape[2:] if not unbatched else (), generator=generator)
+    if draw(st.booleans()):  # some (possibly all) positions ignored
+        ignored = torch.rand(target.shape, generator=generator) < draw(st.sampled_from([0.3, 1.0]))
+        target = torch.where(ignored, ignore_index, target)
+    if unbatched and C > 1 and draw(st.booleans()):  # (1,) with C = 1 would be a probability target
+        # a (1,) index for (C,) logits, as torch accepts it; torch's own label-smoothing path then fails to
+        # broadcast its () smoothing term against the (1,) mask, so the reference gets the () index
+        return logits, target.reshape(1), kwargs, target
+    return logits, target, kwargs, target
+
+
+@settings(max_examples=100, deadline=None)
+@given(k_dimensional_cases())
+def test_k_dimensional_and_unbatched_inputs_match_torch(case):
+    logits, target, kwargs, reference_target = case
+    x_ours, x_torch = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    t_ours = target.detach().clone().requires_grad_(target.requires_grad)
+    t_torch = reference_target.detach().clone().requires_grad_(target.requires_grad)
+    weight = kwargs.pop('weight', None)
+    w_ours = weight.detach().clone().requires_grad_(weight.requires_grad) if weight is not None else None
+    w_torch = weight.detach().clone().requires_grad_(weight.requires_grad) if weight is not None else None
+    ours = cross_entropy(x_ours, t_ours, weight=w_ours, **kwargs)
+    reference = F.cross_entropy(x_torch, t_torch, weight=w_torch, **kwargs)
+    assert ours.shape == reference.shape and ours.dtype == reference.dtype
+    dtypes = {t.dtype for t in (logits, target, weight) if t is not None}
+    precision = torch.float32 if torch.float32 in dtypes else torch.float64
+    assert_close_to_reference(ours.detach(), reference.detach(), precision)
+    upstream = torch.rand_like(reference) + 0.5
+    pairs = [(x_ours, x_torch)] + [(a, b) for a, b in ((t_ours, t_torch), (w_ours, w_torch))
+                                   if a is not None and a.requires_grad]
+    mine = torch.autograd.grad(ours, [a for a, _ in pairs], upstream)
+    theirs = torch.autograd.grad(reference, [b for _, b in pairs], upstream)
+    for a, b in zip(mine, theirs):
+        assert a.dtype == b.dtype
+        assert_close_to_reference(a, b, precision)
+
+
+def test_k_dimensional_input_is_its_positions_flattened():
+    """(N, C, d1, d2) with (N, d1, d2) targets is (N d1 d2, C) with (N d1 d2,) targets: the classes
+    along dim 1, one loss per pixel."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4, 2, dtype=torch.float64)
+    y = torch.randint(0, 5, (3, 4, 2))
+    y[0, 0, 0] = -100
+    flat_x, flat_y = x.movedim(1, -1).reshape(-1, 5), y.reshape(-1)
+    w = torch.rand(5, dtype=torch.float64)
+    for kwargs in (dict(), dict(weight=w, label_smoothing=0.2), dict(reduction='sum')):
+        torch.testing.assert_close(cross_entropy(x, y, **kwargs), cross_entropy(flat_x, flat_y, **kwargs))
+    per_pixel = cross_entropy(x, y, reduction='none')
+    assert per_pixel.shape == (3, 4, 2)
+    torch.testing.assert_close(per_pixel.reshape(-1), cross_entropy(flat_x, flat_y, reduction='none'))
+    # probability targets: the mean is over the N d1 d2 positions
+    t = torch.softmax(torch.randn(3, 5, 4, 2, dtype=torch.float64), 1)
+    torch.testing.assert_close(cross_entropy(x, t), cross_entropy(x, t, reduction='sum') / (3 * 4 * 2))
+
+
+# -----------------------------------------------------------------------------
+# the gradient with respect to a probability target (and its weight), by hand
+
+
+@pytest.mark.parametrize('shape', [(4, 3), (2, 3, 2, 2), (3,)], ids=str)
+@pytest.mark.parametrize('kwargs', [
+    dict(),
+    dict(reduction='none'),
+    dict(reduction='sum', label_smoothing=0.3),
+    dict(weight='w', label_smoothing=0.2),
+    dict(weight='w', reduction='none', label_smoothing=1.0),
+], ids=str)
+def test_gradcheck_with_respect_to_the_target_and_its_weight(shape, kwargs):
+    kwargs = dict(kwargs)
+    generator = torch.Generator().manual_seed(0)
+    class_dim = 0 if len(shape) == 1 else 1
+    x = torch.randn(shape, dtype=torch.float64, generator=generator).requires_grad_()
+    t = torch.softmax(torch.randn(shape, dtype=torch.float64, generator=generator), class_dim).requires_grad_()
+    inputs = (x, t)
+    if kwargs.pop('weight', None):
+        inputs += (torch.rand(shape[class_dim], dtype=torch.float64, generator=generator).add_(0.1).requires_grad_(),)
+    assert torch.autograd.gradcheck(lambda x, t, *w: cross_entropy(x, t, *w, **kwargs), inputs)
+
+
+def test_target_gradient_is_minus_one_minus_eps_times_weight_times_log_p():
+    torch.manual_seed(0)
+    x, t, w = torch.randn(5, 4), torch.rand(5, 4).requires_grad_(), torch.rand(4)
+    eps = 0.25
+    cross_entropy(x, t, weight=w, label_smoothing=eps, reduction='sum').backward()
+    torch.testing.assert_close(t.grad, -(1 - eps) * w * torch.log_softmax(x, 1))
+
+
+# -----------------------------------------------------------------------------
+# torch's argument rules, no stricter and no looser
+
+
+def test_float64_probabilities_with_float32_logits_are_computed_in_float64_as_torch_does():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, requires_grad=True)
+    t = torch.softmax(torch.randn(4, 3, dtype=torch.float64), 1)
+    ours, reference = cross_entropy(x, t), F.cross_entropy(x, t)
+    assert ours.dtype == reference.dtype == torch.float64
+    torch.testing.assert_close(ours, reference)
+    assert torch.autograd.grad(ours, x)[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize('reduction', ['none', 'mean', 'sum'])
+def test_one_example_with_a_1_element_target_is_accepted_as_torch_accepts_it(reduction):
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    target = torch.tensor([2])
+    ours, reference = cross_entropy(x, target, reduction=reduction), F.cross_entropy(x, target, reduction=reduction)
+    assert ours.shape == reference.shape == ()
+    torch.testing.assert_close(ours, reference)
+    # torch's own backward fails here with reduction='none' (size mismatch), so the gradient is checked
+    # against the one of the same example with a () target
+    reference = F.cross_entropy(x, target.reshape(()), reduction=reduction)
+    torch.testing.assert_close(torch.autograd.grad(ours, x)[0], torch.autograd.grad(reference, x)[0])
+
+
+@pytest.mark.parametrize('arguments, error, message', [
+    (dict(weight=[1.0, 2.0, 3.0]), TypeError, 'weight'),
+    (dict(weight=np.ones(3, dtype=np.float32)), TypeError, 'weight'),
+    (dict(ignore_index=1.0), TypeError, 'ignore_index'),
+    (dict(ignore_index=True), TypeError, 'ignore_index'),
+    (dict(ignore_index=None), TypeError, 'ignore_index'),
+    (dict(label_smoothing=None), TypeError, 'label_smoothing'),
+    (dict(label_smoothing='0.1'), TypeError, 'label_smoothing'),
+    (dict(reduction=None), ValueError, 'reduction'),
+], ids=str)
+def test_arguments_torch_refuses_are_refused_naming_the_argument(arguments, error, message):
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    with pytest.raises(error, match=message):
+        cross_entropy(x, y, **arguments)
+    with pytest.raises((TypeError, ValueError)):  # torch refuses it too
+        F.cross_entropy(x, y, **arguments)
+
+
+@pytest.mark.parametrize('arguments', [
+    dict(ignore_index=torch.tensor(1)), dict(ignore_index=np.int64(1)), dict(label_smoothing=0),
+    dict(label_smoothing=torch.tensor(0.1)), dict(label_smoothing=np.float32(0.1)),
+], ids=str)
+def test_arguments_torch_accepts_are_accepted(arguments):
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    torch.testing.assert_close(cross_entropy(x, y, **arguments), F.cross_entropy(x, y, **arguments))
+
+
+@pytest.mark.parametrize('target', [torch.zeros(4, dtype=torch.long), torch.zeros(4, 0)], ids=['indices', 'probabilities'])
+def test_logits_with_no_classes_are_refused_naming_input(target):
+    with pytest.raises(ValueError, match=r'input of shape \(N, C\) = \(4, 0\) has C = 0 classes'):
+        cross_entropy(torch.randn(4, 0), target)
+
+
+def test_probability_target_weight_that_requires_grad_gets_torchs_gradient():
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 3, 4), torch.softmax(torch.randn(2, 3, 4), 1)
+    w_ours = torch.rand(3).requires_grad_()
+    w_torch = w_ours.detach().clone().requires_grad_()
+    ours = cross_entropy(x, t, weight=w_ours, label_smoothing=0.1)
+    reference = F.cross_entropy(x, t, weight=w_torch, label_smoothing=0.1)
+    torch.testing.assert_close(torch.autograd.grad(ours, w_ours)[0], torch.autograd.grad(reference, w_torch)[0])
+
+
+@pytest.mark.parametrize('input, target, message', [
+    (torch.randn(2, 3, 4, 5), torch.zeros(2, 4, 6, dtype=torch.long),
+     r'target has shape \(2, 4, 6\); for input of shape \(N, C, d1, d2\) = \(2, 3, 4, 5\) expected '
+     r'\(N, d1, d2\) = \(2, 4, 5\) class indices or \(2, 3, 4, 5\) class probabilities'),
+    (torch.randn(2, 3, 4), torch.zeros(2, dtype=torch.long), r'\(N, d1\) = \(2, 4\) class indices'),
+    (torch.randn(3), torch.zeros(2, dtype=torch.long), r'input of shape \(C,\) = \(3,\) expected a \(\) or \(1,\)'),
+    (torch.randn(2, 3, 4), torch.zeros(2, 4), r'target of shape \(2, 4\) must hold int64'),
+    (torch.randn(2, 3, 4), torch.zeros(2, 3, 4, dtype=torch.long), r'holds class probabilities'),
+    (torch.randn(2, 3, 4), torch.tensor([[0, 1, 2, 3], [0, 0, 0, 0]]), r'outside 0\.\.2 \(found 3\)'),
+    (torch.tensor(1.0), torch.tensor(0), r'\(C,\), \(N, C\) or \(N, C, d1, \.\.\., dK\)'),
+], ids=['4-d', '3-d', '(C,)', 'float indices', 'integer probabilities', 'out of range', '0-d'])
+def test_bad_k_dimensional_input_names_the_shapes(input, target, message):
+    with pytest.raises(ValueError, match=message):
+        cross_entropy(input, target)
