@@ -5,8 +5,8 @@
     python train.py --compare            naive vs scratch vs torch loss from the same initial weights
 
 Everything lands in --out (outputs/): history.csv, curves.png, metrics.json, model.pt after every epoch;
-predictions.png, weights.png, confusion.png from the last finished epoch when the run ends, fails or is
-interrupted. Exit codes: 0 done, 1 diverged (loss became nan/inf), 2 bad input, 130 interrupted (Ctrl-C).
+predictions.png, weights.png, confusion.png, confidence.png from the last finished epoch when the run
+ends, fails or is interrupted. Exit codes: 0 done, 1 diverged (loss became nan/inf), 2 bad input, 130 interrupted (Ctrl-C).
 """
 import os
 import sys
@@ -42,6 +42,7 @@ import torch
 
 import data
 import plots
+import predict
 from cli import EXIT_DIVERGED, EXIT_INTERRUPTED, OutputError, stop_if_requested, write_atomically, write_text
 from losses import LOSSES, correct_count, cross_entropy, cross_entropy_naive, softmax, softmax_naive
 from model import SoftmaxRegression
@@ -155,7 +156,7 @@ def resolve_device(name):
 # ----------------------------------------------------------------------------- files, written atomically
 
 OUTPUT_FILES = ['history.csv', 'curves.png', 'metrics.json', 'model.pt', 'predictions.png', 'weights.png',
-                'confusion.png', 'compare.png', 'compare.json'] + [f"history_{loss}.csv" for loss in LOSSES]
+                'confusion.png', 'confidence.png', 'compare.png', 'compare.json'] + [f"history_{loss}.csv" for loss in LOSSES]
 
 
 def check_out_dir(out):
@@ -500,14 +501,22 @@ def write_metrics(out, config, history, device, status, started, extra=None):
 
 @torch.no_grad()
 def write_final_figures(out, model, test_images, test_labels):
-    """predictions.png, weights.png, confusion.png from a model that takes X/255."""
+    """predictions.png, weights.png, confusion.png and confidence.png from a model that takes X/255.
+
+    Returns the test set's calibration (predict.calibration: ECE over 15 bins of confidence, and the
+    confidence threshold that reaches 95% accuracy), without its coverage curve, for metrics.json.
+    """
     features = prepare_features(test_images)
-    predicted = model(features).argmax(1).cpu()
+    probabilities = softmax(model(features)).cpu()
+    predicted = probabilities.argmax(1)
     labels = test_labels.cpu()
     plots.save_figure(plots.plot_predictions(features[:24].cpu(), labels[:24].tolist(), predicted[:24].tolist()),
                       os.path.join(out, 'predictions.png'))
     plots.save_figure(plots.plot_weights(model.W.detach().cpu()), os.path.join(out, 'weights.png'))
     plots.save_figure(plots.plot_confusion(labels, predicted), os.path.join(out, 'confusion.png'))
+    calibration = predict.calibration(probabilities, labels)
+    plots.save_figure(plots.plot_confidence(calibration), os.path.join(out, 'confidence.png'))
+    return {key: value for key, value in calibration.items() if key != 'coverage_curve'}
 
 
 def new_model(config, device):
@@ -554,7 +563,8 @@ def run(config, datasets, device):
                 write_epoch_outputs(config.out, config, history, finished['model'], device, status, started)
                 if finished['drawn'] != len(history):
                     write_curves(config.out, config, history)
-                write_final_figures(config.out, finished['model'], datasets[2], datasets[3])
+                calibration = write_final_figures(config.out, finished['model'], datasets[2], datasets[3])
+                write_metrics(config.out, config, history, device, status, started, {'calibration': calibration})
         return len(history)
 
     try:
