@@ -1,42 +1,90 @@
-"""Benchmark: an epoch of train.py against the book's own pipeline, on the real data, in one run.
+"""Benchmark: train.py against the book's pipeline and against the floor, on the real data, in one run.
 
     python bench.py                      # or: make bench
-    python bench.py --book-epochs 2 --epochs 10 --device cpu
+    python bench.py --book-epochs 2 --epochs 10 --whole-runs 1 --device cpu
 
-The book's pipeline (d2l 3.5-3.7): torchvision FashionMNIST with ToTensor, DataLoader(batch_size=256,
-shuffle=True, num_workers=4), nn.Linear, nn.CrossEntropyLoss, SGD lr 0.1; an epoch is one pass over the
-60,000 training images plus the accuracy on the 10,000 test images, as train.py's epoch is. Each pipeline
-runs in its own process so that its peak memory (RSS, DataLoader workers included) is its own, and in
-the environment it would have: the book's as you run it, train.py's with the GOMP_SPINCOUNT it sets. Also times
-forward plus backward of losses.cross_entropy against F.cross_entropy. Writes outputs/bench.json.
+What is timed, each in its own process, interleaved so that a drift in the speed of a shared machine
+weighs on all alike (start: ours, then the book, middle: the floor and the losses, end: ours again; the
+whole-command runs spread over the three):
+  book      d2l 3.5-3.7: torchvision FashionMNIST with ToTensor, DataLoader(batch_size=256, shuffle=True,
+            num_workers=4), nn.Linear, nn.CrossEntropyLoss, SGD lr 0.1, in the environment you run it in
+  ours      train.train's textbook epochs, half at the start and half at the end of the run
+  floor     what no implementation of an epoch can skip: per step of 256 examples in a random order,
+            one row gather of the (60000, 784) float32 features and the two GEMMs, (n,784)@(784,10)
+            forward and (10,n)@(n,784) for the weight gradient; plus one (10000,784)@(784,10) test GEMM.
+            Nothing else (no softmax, no update). Measured in the processes that run ours (start, end)
+            and in one between them (middle), after `import train`, so in the same thread environment.
+            train.py switches between 1 thread and all of them as the machine's load changes, so each
+            floor epoch runs with both and counts the faster: the floor is never handicapped by a count.
+  whole     `python train.py --out TMP` (10 textbook epochs, every output written) against a process that
+            imports torch (by way of `import train`, for its thread environment; nothing of train.py
+            runs), loads the data with data.py and runs 10 floor epochs: the wall time of each process
+            from the outside, interpreter start included, less the slower run of each floor epoch; the
+            two alternate, spread over the run
+  losses    losses.cross_entropy against F.cross_entropy, forward + backward, interleaved, each at its
+            faster thread count (1 or all), in the middle process
+An epoch is one pass over the 60,000 training images plus the accuracy on the 10,000 test images.
+Writes --out/bench.json. Exit codes: 0 done, 1 something broke, 2 bad input, 130 interrupted.
 """
+import cli
+
+if __name__ == '__main__':  # before anything slow: Ctrl-C or kill from here on is a clean exit 130
+    cli.start()
+
 import argparse
+import contextlib
+import ctypes
 import gzip
 import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-import torch
+# Nothing here imports torch at module level: the parent only starts processes and reads their results
+# (so a bad flag costs no torch import), and the process that runs train.py's pipeline must import train
+# before torch, for the thread policy train.py sets at import. The book's process never imports train.
 
-from train import write_text
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAIN_PY = os.path.join(HERE, 'train.py')
+TRAIN_SIZE, BATCH_SIZE, NUM_INPUTS, NUM_CLASSES = 60_000, 256, 784, 10
+ROUNDS = ('start', 'middle', 'end')
 
+
+class ChildFailed(Exception):
+    """A child process failed for a reason other than bad input; the message is the one line to print."""
+
+
+# ============================================================================= in the child processes
 
 def peak_rss_mb():
-    """Peak resident memory of this process and of its finished children (DataLoader workers), in MB."""
+    """Peak resident memory of this process plus the largest of its finished children (the book's
+    DataLoader workers), in MB; Linux reports KiB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024  # Linux reports KiB
+    return (own + children) / 1024
 
 
-def torchvision_root(data_dir):
-    """torchvision's FashionMNIST wants root/FashionMNIST/raw/<uncompressed files>: make one in a temp folder."""
-    root = tempfile.mkdtemp(prefix='bench-fashion-mnist-')
+def check_device(device):
+    import torch
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise cli.InputError("argument --device: cuda was asked for but this machine has no usable CUDA device")
+
+
+def synchronizer(device):
+    import torch
+    return torch.cuda.synchronize if str(device).startswith('cuda') else (lambda: None)
+
+
+def torchvision_root(data_dir, work_dir):
+    """torchvision's FashionMNIST wants root/FashionMNIST/raw/<uncompressed files>: made inside work_dir,
+    a folder the parent owns and removes however the run ends (even if this process is killed)."""
+    root = os.path.join(work_dir, 'torchvision')
     raw = os.path.join(root, 'FashionMNIST', 'raw')
     os.makedirs(raw)
     for name in os.listdir(data_dir):
@@ -49,149 +97,541 @@ def torchvision_root(data_dir):
     return root
 
 
-def book_pipeline(epochs, data_dir, device):
-    """The book's concise implementation (d2l 3.7), timed per epoch: train pass + test accuracy."""
+def book_pipeline(epochs, data_dir, work_dir, device, max_batches=None):
+    """The book's concise implementation (d2l 3.7), timed per epoch: train pass + test accuracy.
+    max_batches (tests only) stops each pass early."""
+    import itertools
+
+    import torch
     import torchvision
     from torch import nn
     from torch.utils import data as torch_data
     from torchvision import transforms
-    root = torchvision_root(data_dir)
-    try:
-        train_set = torchvision.datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor())
-        test_set = torchvision.datasets.FashionMNIST(root, train=False, transform=transforms.ToTensor())
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).to(device)
-        nn.init.normal_(net[1].weight, std=0.01)
-        loss = nn.CrossEntropyLoss()
-        trainer = torch.optim.SGD(net.parameters(), lr=0.1)
-        train_iter = torch_data.DataLoader(train_set, batch_size=256, shuffle=True, num_workers=4)
-        test_iter = torch_data.DataLoader(test_set, batch_size=256, shuffle=False, num_workers=4)
-        seconds, accuracy = [], None
-        for _ in range(epochs):
-            start = time.perf_counter()
-            for X, y in train_iter:
-                X, y = X.to(device), y.to(device)
-                l = loss(net(X), y)
-                trainer.zero_grad()
-                l.backward()
-                trainer.step()
-            correct = 0
-            with torch.no_grad():
-                for X, y in test_iter:
-                    correct += int((net(X.to(device)).argmax(1) == y.to(device)).sum())
-            seconds.append(time.perf_counter() - start)
-            accuracy = correct / len(test_set)
-        return dict(seconds=seconds, test_acc=accuracy)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    root = torchvision_root(data_dir, work_dir)
+    train_set = torchvision.datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor())
+    test_set = torchvision.datasets.FashionMNIST(root, train=False, transform=transforms.ToTensor())
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).to(device)
+    nn.init.normal_(net[1].weight, std=0.01)
+    loss = nn.CrossEntropyLoss()
+    trainer = torch.optim.SGD(net.parameters(), lr=0.1)
+    train_iter = torch_data.DataLoader(train_set, batch_size=256, shuffle=True, num_workers=4)
+    test_iter = torch_data.DataLoader(test_set, batch_size=256, shuffle=False, num_workers=4)
+    sync = synchronizer(device)
+    seconds, accuracy = [], None
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for X, y in itertools.islice(train_iter, max_batches):
+            X, y = X.to(device), y.to(device)
+            l = loss(net(X), y)
+            trainer.zero_grad()
+            l.backward()
+            trainer.step()
+        correct = seen = 0
+        with torch.no_grad():
+            for X, y in itertools.islice(test_iter, max_batches):
+                correct += int((net(X.to(device)).argmax(1) == y.to(device)).sum())
+                seen += y.shape[0]
+        sync()
+        seconds.append(time.perf_counter() - start)
+        accuracy = correct / seen
+    return dict(seconds=seconds, test_acc=accuracy)
 
 
-def our_pipeline(epochs, data_dir, device):
-    """train.py's textbook run; seconds per epoch exactly as it records them in history.csv."""
-    import data
-    import train
-    from model import SoftmaxRegression
-    datasets = data.load_fashion_mnist(data_dir, device)
+def our_pipeline(train, epochs, datasets, device):
+    """train.py's textbook run; seconds per epoch exactly as train.train records them."""
+    import torch
     config = train.Config(epochs=epochs, device=str(device), out='unused')
-    torch.manual_seed(config.seed)
-    model = SoftmaxRegression().to(device)
+    model = train.new_model(config, torch.device(device))
     history = train.train(config, model, datasets, torch.device(device), log=lambda line: None)
-    return dict(seconds=[row['seconds'] for row in history], test_acc=history[-1]['test_acc'])
+    return dict(seconds=[row['seconds'] for row in history], test_acc=history[-1]['test_acc'],
+                threads_by_epoch=[row.get('threads') for row in history])
 
 
-def loss_timing(shape, repeats):
-    """Median seconds of forward + backward, ours and torch's, for logits of `shape` (float32, CPU)."""
+def floor_epochs(train_features, test_features, epochs, device, max_threads):
+    """Floor epochs (see the module docstring), each run with every thread count train.py may pick: 1 and
+    max_threads on a CPU (its ThreadChooser switches between them as the machine's load changes). An
+    epoch's floor is the faster of its runs. A later run of an epoch stops as soon as it has taken longer
+    than the epoch's best (beside a busy process, two threads can be 30x slower than one). Both runs take the same batches, drawn before the clock starts. Returns
+    dict(seconds: the floor of each epoch, by_threads: {count: seconds of each epoch's run, None where
+    it was stopped}, total: the seconds of every run, stopped ones included).
+
+    A step is X = one row gather, O = X W with W stored (10, 784) as train.py's model stores it
+    (F.linear: the fastest layout), and dW^T = O^T X, a (10, n) @ (n, 784) GEMM written in W's storage
+    order; an epoch ends with the test set's (10000, 784) @ (784, 10)."""
+    import torch
+    import torch.nn.functional as F
+    generator = torch.Generator().manual_seed(0)
+    W_storage = (torch.randn(NUM_CLASSES, NUM_INPUTS, generator=generator) * 0.01).to(device)
+    sync = synchronizer(device)
+    previous = torch.get_num_threads()
+    # one thread first: beside a busy process it is never far off, while an unbounded first run with all
+    # threads can take seconds; from then on the count that won the last epoch goes first
+    counts = sorted({1, max_threads}) if str(device) == 'cpu' else [previous]
+    by_threads = {count: [] for count in counts}
+    best, total = [], 0.0
+    try:
+        for _ in range(epochs):
+            batches = torch.randperm(train_features.shape[0], generator=generator).to(device).split(BATCH_SIZE)
+            epoch_best = None
+            for count in counts:
+                torch.set_num_threads(count)
+                sync()
+                start, stopped = time.perf_counter(), False
+                for step, index in enumerate(batches):
+                    X = train_features.index_select(0, index)
+                    O = F.linear(X, W_storage)  # (n, 784) @ (784, 10)
+                    torch.mm(O.T, X)  # (10, n) @ (n, 784): the weight gradient's GEMM, O standing in for dO
+                    if epoch_best is not None and step % 8 == 7 and time.perf_counter() - start > epoch_best:
+                        stopped = True  # already slower than the epoch's best: it cannot be the floor
+                        break
+                else:
+                    F.linear(test_features, W_storage)  # (10000, 784) @ (784, 10)
+                sync()
+                seconds = time.perf_counter() - start
+                total += seconds
+                by_threads[count].append(None if stopped else seconds)
+                if not stopped:
+                    epoch_best = seconds if epoch_best is None else min(epoch_best, seconds)
+            best.append(epoch_best)
+            # the winner first next time
+            counts.sort(key=lambda count: by_threads[count][-1] or float('inf'))
+    finally:
+        torch.set_num_threads(previous)
+    return dict(seconds=best, by_threads={str(count): times for count, times in sorted(by_threads.items())},
+                total=total)
+
+
+# (logits shape, calls per timed block): blocks of ~5-20 ms on this project's 2 cores. 'flattened': the
+# K-dimensional case before it, (N, C, d1, d2) -> (N*d1*d2, C), classes last, the same numbers.
+LOSS_CASES = [
+    ((256, 10), 50),
+    ((8192, 1000), 1),
+    ((32, 10, 64, 64), 4),  # K-dimensional: one distribution over the 10 classes per pixel
+    ('flattened', 4),
+]
+
+
+def loss_timings(blocks, max_threads=None):
+    """Seconds per forward + backward of losses.cross_entropy ('scratch') and F.cross_entropy ('torch'),
+    timed in alternating blocks (ABBA...) so that a change in the machine's speed weighs on both, with
+    1 thread and with max_threads, as the floor (a thread that waits for a busy core can make an op
+    10x slower; a count 1.5x slower than the other for both functions over the first 4 blocks is
+    dropped); each function's time is its median over blocks at its faster count. A shape
+    losses.cross_entropy refuses is reported as unsupported, with its error; a result that differs from
+    torch's is reported as a mismatch instead of being timed."""
+    import torch
     import torch.nn.functional as F
     from losses import cross_entropy
     torch.manual_seed(0)
-    logits = torch.randn(shape, requires_grad=True)
-    target = torch.randint(shape[1], (shape[0],))
     results = {}
-    for name, function in (('scratch', cross_entropy), ('torch', F.cross_entropy)):
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            function(logits, target).backward()
-            times.append(time.perf_counter() - start)
+    for shape, calls in LOSS_CASES:
+        if shape == 'flattened':  # the previous case's logits, classes last, one row per pixel
+            logits = logits.detach().movedim(1, -1).reshape(-1, logits.shape[1]).contiguous()
+            target = target.reshape(-1)
+        else:
+            logits = torch.randn(shape)
+            target = torch.randint(shape[1], (shape[0],) + shape[2:])
+        logits.requires_grad_(True)
+        functions = {'scratch': cross_entropy, 'torch': F.cross_entropy}
+        result = dict(shape=list(logits.shape), flattened=shape == 'flattened')
+        outputs = {}
+        for key, function in list(functions.items()):
+            try:
+                loss = function(logits, target)
+                loss.backward()
+                outputs[key] = (loss.detach(), logits.grad)
+            except Exception as error:  # e.g. K-dimensional input before losses.py supports it
+                if key == 'torch':
+                    raise
+                message = (str(error).strip().splitlines() or [''])[0][:200]
+                result['unsupported'] = f"{type(error).__name__}: {message}"
+                del functions[key]
             logits.grad = None
-        results[name] = statistics.median(times[repeats // 5:])  # the first fifth warms up
+        if 'scratch' in outputs:
+            (loss_s, grad_s), (loss_t, grad_t) = outputs['scratch'], outputs['torch']
+            if not (torch.allclose(loss_s, loss_t, rtol=1e-4, atol=1e-6)
+                    and torch.allclose(grad_s, grad_t, rtol=1e-3, atol=1e-4 * float(grad_t.abs().max()))):
+                result['mismatch'] = (f"loss {float(loss_s):.6g} vs {float(loss_t):.6g}, "
+                                      f"max |grad difference| {float((grad_s - grad_t).abs().max()):.3g}")
+                del functions['scratch']
+        previous = torch.get_num_threads()
+        counts = sorted({1, max_threads or previous})
+        times = {key: {count: [] for count in counts} for key in functions}
+        order = [(count, key, function) for count in counts for key, function in functions.items()]
+        try:
+            for block in range(blocks):
+                if block == 4 and len(counts) > 1:  # drop a count clearly slower for both functions
+                    medians = {key: {count: statistics.median(times[key][count]) for count in counts}
+                               for key in times}
+                    kept = [count for count in counts
+                            if any(m[count] <= 1.5 * min(m.values()) for m in medians.values())]
+                    order = [entry for entry in order if entry[0] in kept]
+                for count, key, function in (order if block % 2 == 0 else order[::-1]):
+                    torch.set_num_threads(count)
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        function(logits, target).backward()
+                        logits.grad = None
+                    times[key][count].append((time.perf_counter() - start) / calls)
+        finally:
+            torch.set_num_threads(previous)
+        for key, by_count in times.items():
+            medians = {count: statistics.median(values) for count, values in by_count.items()}
+            result[key + '_threads'] = min(medians, key=medians.get)
+            result[key] = medians[result[key + '_threads']]
+            result[key + '_by_threads'] = {str(count): median for count, median in medians.items()}
+        if 'scratch' in result:
+            result['ratio'] = result['scratch'] / result['torch']
+        results['x'.join(map(str, logits.shape))] = result
     return results
 
 
-def run_child(pipeline, args):
-    """Run one pipeline in a fresh process; it prints one JSON line."""
-    command = [sys.executable, __file__, '--child', pipeline, '--epochs', str(max(args.epochs // 2, 1)),
-               '--book-epochs', str(args.book_epochs), '--device', args.device]
-    if args.data_dir:
-        command += ['--data-dir', args.data_dir]
-    env = dict(os.environ)
-    if pipeline == 'ours' and 'OMP_WAIT_POLICY' not in env:  # what train.py sets before importing torch
-        env.setdefault('GOMP_SPINCOUNT', '1000')
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        sys.exit(f"bench: the {pipeline} pipeline failed:\n{result.stderr.strip()}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def child_main(spec):
+    """One measurement, in this fresh process; prints its result as one JSON line."""
+    kind = spec['kind']
+    if kind in ('ours', 'floor'):
+        # First: train.py sets its thread policy (OpenMP variables) at import, before torch loads, and the
+        # floor must run under the one train.py runs under. The book's process never imports train.
+        import train  # noqa: F401
+    import torch
+
+    import data
+    device = spec['device']
+    check_device(device)
+    threads = torch.get_num_threads()  # torch's choice for this machine, before train.py's ThreadChooser runs
+    result = dict(torch_version=str(torch.__version__), threads=threads,
+                  thread_environment={name: value for name, value in os.environ.items()
+                                      if name.startswith(('OMP_', 'GOMP_', 'KMP_', 'MKL_'))})
+    if device == 'cuda':
+        result['device_name'] = torch.cuda.get_device_name()
+    if kind == 'book':
+        folder = data.find_data_dir(spec['data_dir'], download=False)
+        result.update(book_pipeline(spec['epochs'], folder, spec['work_dir'], device, spec.get('max_batches')))
+    else:
+        datasets = data.load_fashion_mnist(spec['data_dir'], device, download=False)
+        if kind == 'ours' and spec['epochs']:
+            result.update(our_pipeline(sys.modules['train'], spec['epochs'], datasets, device))
+        if spec['floor_epochs']:
+            features = [images.float().div_(255) for images in datasets[0::2]]  # X/255 once, as train.py
+            result['floor'] = floor_epochs(*features, spec['floor_epochs'], device, threads)
+        if spec.get('loss_blocks'):
+            result['cross_entropy'] = loss_timings(spec['loss_blocks'], threads)
+    if device == 'cuda':
+        result['peak_cuda_mb'] = torch.cuda.max_memory_allocated() / 2**20
+    result['peak_rss_mb'] = peak_rss_mb()
+    print(json.dumps(result))
+    return 0
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--epochs', type=int, default=10,
-                        help="epochs of train.py's pipeline, half before and half after the book's (default 10)")
-    parser.add_argument('--book-epochs', type=int, default=3, help="epochs of the book's pipeline (default 3)")
-    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
-    parser.add_argument('--data-dir', help="as train.py's --data-dir")
-    parser.add_argument('--out', default='outputs', help="where bench.json goes (default outputs)")
-    parser.add_argument('--child', choices=['book', 'ours'], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+# ============================================================================= in the parent
 
-    if args.child:
-        import data
-        if args.child == 'book':
-            result = book_pipeline(args.book_epochs, data.find_data_dir(args.data_dir, download=False), args.device)
-        else:
-            result = our_pipeline(args.epochs, args.data_dir, args.device)
-        if args.device == 'cuda':
-            result['peak_cuda_mb'] = torch.cuda.max_memory_allocated() / 2**20
-        result['peak_rss_mb'] = peak_rss_mb()
-        print(json.dumps(result))
-        return
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
-    # train.py's epochs run half before and half after the book's, so that a drift in the speed of this
-    # shared machine during the run weighs on both pipelines alike.
-    before, book, after = run_child('ours', args), run_child('book', args), run_child('ours', args)
-    ours = dict(seconds=before['seconds'] + after['seconds'], test_acc=after['test_acc'],
-                peak_rss_mb=max(before['peak_rss_mb'], after['peak_rss_mb']))
-    results = {'book': book, 'ours': ours}
-    for result in results.values():
-        result['median_seconds'] = statistics.median(result['seconds'])
-        result['samples_per_second'] = 60_000 / result['median_seconds']
-    speedup = results['book']['median_seconds'] / results['ours']['median_seconds']
-    losses = {f"{n}x{c}": loss_timing((n, c), repeats) for (n, c), repeats in (((256, 10), 2000),
-                                                                                  ((8192, 1000), 60))}
-    for timing in losses.values():
-        timing['ratio'] = timing['scratch'] / timing['torch']
 
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'pipeline':<34}{'epochs':>7}{'s/epoch (median)':>18}{'samples/s':>12}{'peak RSS MB':>13}"
-          f"{'test acc':>10}  (after the last epoch of a run)")
-    names = {'book': "book: DataLoader + ToTensor", 'ours': "train.py: resident tensors"}
-    runs = {'book': f"{len(results['book']['seconds'])}", 'ours': f"2x{len(results['ours']['seconds']) // 2}"}
-    for key, result in results.items():
-        print(f"{names[key]:<34}{runs[key]:>7}{result['median_seconds']:>18.4f}"
-              f"{result['samples_per_second']:>12,.0f}{result['peak_rss_mb']:>13.0f}{result['test_acc']:>10.4f}")
-    print(f"speed-up of an epoch: {speedup:.1f}x (target 30x, stretch 50x)")
-    for shape, timing in losses.items():
-        print(f"cross_entropy fwd+bwd {shape}: scratch {timing['scratch'] * 1e6:.1f} us, "
-              f"torch {timing['torch'] * 1e6:.1f} us, ratio {timing['ratio']:.2f} (target <= 1.5)")
+_LIBC = _libc()  # loaded here, in the parent: a child between fork and exec should only call into it
 
-    os.makedirs(args.out, exist_ok=True)
-    report = dict(device=args.device, torch_version=str(torch.__version__), threads=torch.get_num_threads(),
-                  pipelines=results, speedup=speedup, cross_entropy=losses,
+
+def _die_with_parent():
+    """In a child, before exec: be killed if bench.py itself dies without cleaning up (kill -9)."""
+    try:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG, Linux only
+    except Exception:  # elsewhere the parent's own cleanup still kills its children
+        pass
+
+
+class Children:
+    """Starts the measurement processes one at a time, each in its own session (a Ctrl-C at the terminal
+    reaches only bench.py, which then kills the child's whole process group, DataLoader workers included),
+    with stdout and stderr in files of the work folder."""
+
+    def __init__(self, work_dir):
+        self.work_dir, self.running, self.count = work_dir, [], 0
+        self.log = []  # (what, wall seconds) of each finished process, in order
+
+    def run(self, command, what):
+        """Run `command` to the end: (stdout, wall seconds, peak RSS MB of the process itself). A failure
+        raises cli.InputError (the child's exit 2: bad input), KeyboardInterrupt (its exit 130) or
+        ChildFailed, each with the child's last line on stderr."""
+        self.count += 1
+        paths = [os.path.join(self.work_dir, f"child-{self.count}.{stream}") for stream in ('out', 'err')]
+        with open(paths[0], 'wb') as out, open(paths[1], 'wb') as err:
+            with cli.signals_deferred():  # the process is recorded before a Ctrl-C can act
+                start = time.perf_counter()
+                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                           start_new_session=True, preexec_fn=_die_with_parent)
+                self.running.append(process)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        with cli.signals_deferred():
+            process.returncode = os.waitstatus_to_exitcode(status)
+            self.running.remove(process)
+        code = process.returncode
+        self.log.append((what, wall))
+        with open(paths[0]) as f:
+            stdout = f.read()
+        if code == 0:
+            return stdout, wall, usage.ru_maxrss / 1024
+        with open(paths[1], errors='replace') as f:
+            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+        last = lines[-1] if lines else ''
+        message = last[len('error: '):] if last.startswith('error: ') else last
+        if code == cli.EXIT_INTERRUPTED:
+            raise KeyboardInterrupt
+        if code == cli.EXIT_BAD_INPUT:
+            raise cli.InputError(message if last.startswith('error: ') else f"{what}: {last or 'bad input'}")
+        if code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+            raise ChildFailed(f"{what} was killed by {name}" + (" (out of memory?)" if -code == 9 else "")
+                              + (f"; its last words: {message}" if message else ""))
+        raise ChildFailed(f"{what} failed (exit {code}): {message or 'no message'}")
+
+    def kill_all(self):
+        """Kill whatever is still running, with its process group, and reap it."""
+        for process in self.running:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.waitpid(process.pid, 0)
+        self.running.clear()
+
+
+def cpu_model():
+    """The CPU's name as /proc/cpuinfo gives it (e.g. 'AMD EPYC'), or what platform knows."""
+    with contextlib.suppress(OSError):
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    import platform
+    return platform.processor() or platform.machine() or 'unknown'
+
+
+def machine():
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else cores
+    return dict(cpu=cpu_model(), cores=cores, usable_cores=usable)
+
+
+def whole_pair(children, train_command, floor_command, index):
+    """One run of train.py's whole command and one of its floor process, alternating which goes first."""
+    pair = {}
+    for key in (('train.py', 'floor') if index % 2 == 0 else ('floor', 'train.py')):
+        command = train_command if key == 'train.py' else floor_command
+        stdout, wall, rss = children.run(command, f"the whole command ({key})")
+        pair[key] = dict(seconds=wall, peak_rss_mb=rss)
+        if key == 'floor':
+            # Each floor epoch ran with 1 thread and with all of them: the process's time counts only the
+            # faster run of each (its start-up, imports and data loading as measured, from the outside).
+            floor = json.loads(stdout.strip().splitlines()[-1])['floor']
+            pair[key].update(process_seconds=wall, seconds=wall - floor['total'] + sum(floor['seconds']))
+    return pair
+
+
+def measure(args, children):
+    """Run every measurement in its place in the schedule; return the raw results."""
+    bench = [sys.executable, os.path.abspath(__file__), '--child']
+    common = dict(device=args.device, data_dir=args.data_dir)
+
+    def child(what, **spec):
+        stdout, wall, rss = children.run(bench + [json.dumps(dict(common, **spec))], what)
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    def whole_runs(round_):
+        for index in range(ROUNDS.index(round_), args.whole_runs, len(ROUNDS)):
+            out = os.path.join(children.work_dir, f"whole-{index}")
+            train_command = [sys.executable, TRAIN_PY, '--out', out, '--epochs', str(args.whole_epochs),
+                             '--device', args.device] + (['--data-dir', args.data_dir] if args.data_dir else [])
+            floor_command = bench + [json.dumps(dict(common, kind='floor', floor_epochs=args.whole_epochs))]
+            whole[round_].append(whole_pair(children, train_command, floor_command, index))
+            shutil.rmtree(out, ignore_errors=True)
+
+    whole = {round_: [] for round_ in ROUNDS}
+
+    first_half = args.epochs // 2
+    ours = {}
+    ours['start'] = child("train.py's pipeline (start)", kind='ours', epochs=first_half,
+                          floor_epochs=args.floor_epochs)
+    whole_runs('start')
+    book = child("the book's pipeline", kind='book', epochs=args.book_epochs, work_dir=children.work_dir,
+                 max_batches=args.book_batches)
+    ours['middle'] = child("the floor and the losses (middle)", kind='ours', epochs=0,
+                           floor_epochs=args.floor_epochs, loss_blocks=args.loss_blocks)
+    whole_runs('middle')
+    ours['end'] = child("train.py's pipeline (end)", kind='ours', epochs=args.epochs - first_half,
+                        floor_epochs=args.floor_epochs)
+    whole_runs('end')
+    return book, ours, whole
+
+
+def summarize(args, book, ours, whole):
+    """bench.json's content from the raw results."""
+    median = statistics.median
+    pipelines = {
+        'book': dict(seconds=book['seconds'], test_acc=book['test_acc'], peak_rss_mb=book['peak_rss_mb']),
+        'ours': dict(seconds=ours['start']['seconds'] + ours['end']['seconds'],
+                     seconds_by_round={r: ours[r]['seconds'] for r in ('start', 'end')},
+                     threads_by_round={r: ours[r]['threads_by_epoch'] for r in ('start', 'end')},
+                     test_acc=ours['end']['test_acc'],
+                     peak_rss_mb=max(ours['start']['peak_rss_mb'], ours['end']['peak_rss_mb'])),
+        'floor': dict(seconds=[s for r in ROUNDS for s in ours[r]['floor']['seconds']],
+                      seconds_by_round={r: ours[r]['floor']['seconds'] for r in ROUNDS},
+                      seconds_by_round_and_threads={r: ours[r]['floor']['by_threads'] for r in ROUNDS}),
+    }
+    for result in pipelines.values():
+        result['median_seconds'] = median(result['seconds'])
+        result['samples_per_second'] = TRAIN_SIZE / result['median_seconds']
+    book_s, ours_s, floor_s = (pipelines[k]['median_seconds'] for k in ('book', 'ours', 'floor'))
+    ratios = dict(book_over_ours=book_s / ours_s, ours_over_floor=ours_s / floor_s,
+                  ours_over_floor_by_round={r: median(ours[r]['seconds']) / median(ours[r]['floor']['seconds'])
+                                            for r in ('start', 'end')})
+    report = dict(machine=machine(), device=args.device, torch_version=ours['start']['torch_version'],
+                  threads={'ours': ours['start']['threads'], 'book': book['threads']},
+                  thread_environment={'ours': ours['start']['thread_environment'],
+                                      'book': book['thread_environment']})
+    if 'device_name' in book:
+        report['device_name'] = book['device_name']
+    pairs = [pair for r in ROUNDS for pair in whole[r]]
+    if pairs:
+        command = dict(train_py={k: [p['train.py'][k] for p in pairs] for k in ('seconds', 'peak_rss_mb')},
+                       floor={k: [p['floor'][k] for p in pairs]
+                              for k in ('seconds', 'process_seconds', 'peak_rss_mb')},
+                       runs_by_round={r: len(whole[r]) for r in ROUNDS}, epochs=args.whole_epochs)
+        for key in ('train_py', 'floor'):
+            command[key]['median_seconds'] = median(command[key]['seconds'])
+        ratios['whole_over_floor'] = command['train_py']['median_seconds'] / command['floor']['median_seconds']
+        ratios['whole_over_floor_by_pair'] = [p['train.py']['seconds'] / p['floor']['seconds'] for p in pairs]
+        report['whole_command'] = command
+    report.update(pipelines=pipelines, ratios=ratios, cross_entropy=ours['middle']['cross_entropy'],
                   command=' '.join(['python', 'bench.py'] + sys.argv[1:]))
+    return report
+
+
+def printout(report):
+    """The report as a few readable lines."""
+    lines = []
+    m, threads = report['machine'], report['threads']
+    cores = f"{m['cores']} cores" + (f" ({m['usable_cores']} usable)" if m['usable_cores'] != m['cores'] else "")
+    thread_text = (f"{threads['ours']} threads" if threads['ours'] == threads['book']
+                   else f"{threads['ours']} threads (book's process: {threads['book']})")
+    device = report['device'] + (f" ({report['device_name']})" if 'device_name' in report else "")
+    lines.append(f"cpu {m['cpu']}, {cores}; device {device}; torch {report['torch_version']}, {thread_text}")
+    p = report['pipelines']
+    lines.append(f"{'pipeline':<36}{'epochs':>7}{'s/epoch (median)':>18}{'samples/s':>12}{'peak RSS MB':>13}"
+                 f"{'test acc':>10}")
+    rows = [('book', "book: DataLoader + ToTensor", str(len(p['book']['seconds']))),
+            ('ours', "train.py: resident tensors",
+             '+'.join(str(len(s)) for s in p['ours']['seconds_by_round'].values())),
+            ('floor', "floor: gather + 2 GEMMs per step",
+             '+'.join(str(len(s)) for s in p['floor']['seconds_by_round'].values()))]
+    for key, name, epochs in rows:
+        r = p[key]
+        rss = f"{r['peak_rss_mb']:.0f}" if 'peak_rss_mb' in r else '-'
+        acc = f"{r['test_acc']:.4f}" if 'test_acc' in r else '-'
+        lines.append(f"{name:<36}{epochs:>7}{r['median_seconds']:>18.4f}{r['samples_per_second']:>12,.0f}"
+                     f"{rss:>13}{acc:>10}")
+    ratios = report['ratios']
+    by_round = ', '.join(f"{r} {x:.2f}x" for r, x in ratios['ours_over_floor_by_round'].items())
+    if 'whole_command' in report:
+        w = report['whole_command']
+        lines.append(f"{'whole command':<43}{'runs':>6}{'wall s (median)':>18}{'peak RSS MB':>13}")
+        epochs = f"{w['epochs']} epoch" + ('s' if w['epochs'] != 1 else '')
+        for key, name in (('train_py', f"python train.py --out TMP ({epochs})"),
+                          ('floor', f"import torch + data + {epochs} of floor")):
+            lines.append(f"{name:<43}{len(w[key]['seconds']):>6}{w[key]['median_seconds']:>18.3f}"
+                         f"{max(w[key]['peak_rss_mb']):>13.0f}")
+    lines.append(f"book / ours, an epoch:   {ratios['book_over_ours']:6.1f}x  (target 30x, stretch 50x)")
+    lines.append(f"ours / floor, an epoch:  {ratios['ours_over_floor']:6.2f}x  (same process: {by_round})")
+    if 'whole_command' in report:
+        pairs = ', '.join(f"{x:.2f}" for x in ratios['whole_over_floor_by_pair'])
+        lines.append(f"whole command / floor:   {ratios['whole_over_floor']:6.2f}x  (run by run: {pairs})")
+    return lines + printout_losses(report)
+
+
+def printout_losses(report):
+    lines = []
+    for name, t in report['cross_entropy'].items():
+        head = f"cross_entropy fwd+bwd {name}" + (" (the same, flattened)" if t['flattened'] else "")
+        torch_us = f"torch {t['torch'] * 1e6:.1f} us"
+        if 'unsupported' in t:
+            lines.append(f"{head}: scratch unsupported ({t['unsupported'][:80]}), {torch_us}")
+        elif 'mismatch' in t:
+            lines.append(f"{head}: scratch differs from torch ({t['mismatch']}), {torch_us}")
+        else:
+            lines.append(f"{head}: scratch {t['scratch'] * 1e6:.1f} us, {torch_us}, ratio {t['ratio']:.2f}"
+                         f" (target <= 1.5)")
+    return lines
+
+
+def spec_argument(text):
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        spec = None
+    if not isinstance(spec, dict) or spec.get('kind') not in ('book', 'ours', 'floor'):
+        raise argparse.ArgumentTypeError("is for bench.py's own child processes")
+    return spec
+
+
+def build_parser():
+    parser = cli.ArgumentParser(
+        description="Time train.py against the book's pipeline and the floor (gather + GEMMs), in one run.",
+        epilog="Exit codes: 0 done, 1 something broke, 2 bad input, 130 interrupted.")
+    parser.add_argument('--epochs', type=cli.whole_number(2, 201), default=10, metavar='N',
+                        help="epochs of train.py's pipeline, half at the start of the run and half at the "
+                             "end, 2-200 (default %(default)s)")
+    parser.add_argument('--book-epochs', type=cli.whole_number(1, 51), default=3, metavar='N',
+                        help="epochs of the book's pipeline, ~8 s each on 2 cores, 1-50 (default %(default)s)")
+    parser.add_argument('--floor-epochs', type=cli.whole_number(1, 201), default=5, metavar='N',
+                        help="floor epochs at each of the start, middle and end, 1-200 (default %(default)s)")
+    parser.add_argument('--whole-runs', type=cli.whole_number(0, 10), default=3, metavar='N',
+                        help="runs of the whole `python train.py` command and of its floor, spread over the "
+                             "run, 0-9; 0 skips them (default %(default)s)")
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'],
+                        help="where both pipelines run (default %(default)s)")
+    parser.add_argument('--data-dir', type=cli.non_empty, metavar='DIR', help="as train.py's --data-dir")
+    parser.add_argument('--out', default='outputs', metavar='DIR',
+                        help="where bench.json goes (default %(default)s)")
+    # For the tests: fewer timing blocks for the losses, a book epoch cut short, a shorter whole command.
+    parser.add_argument('--loss-blocks', type=cli.whole_number(1, 1001), default=20, help=argparse.SUPPRESS)
+    parser.add_argument('--book-batches', type=cli.whole_number(1, 1000), help=argparse.SUPPRESS)
+    parser.add_argument('--whole-epochs', type=cli.whole_number(1, 201), default=10, help=argparse.SUPPRESS)
+    parser.add_argument('--child', type=spec_argument, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.child is not None:
+        return child_main(args.child)
+    cli.prepare_out_dir(args.out)
+    children = work_dir = None
+    try:
+        with cli.signals_deferred():  # the folder is known to the cleanup below before a Ctrl-C acts
+            work_dir = tempfile.mkdtemp(prefix='bench-')
+            children = Children(work_dir)
+        report = summarize(args, *measure(args, children))
+        report['processes'] = [dict(what=what, seconds=seconds) for what, seconds in children.log]
+    except ChildFailed as failure:
+        cli.say(f"error: {failure}")
+        return cli.EXIT_DIVERGED
+    finally:
+        with cli.signals_ignored():  # a second Ctrl-C must not cut the cleanup short
+            if children is not None:
+                children.kill_all()
+            if work_dir is not None:
+                shutil.rmtree(work_dir, ignore_errors=True)
+    for line in printout(report):
+        print(line)
     path = os.path.join(args.out, 'bench.json')
-    write_text(path, json.dumps(report, indent=2) + '\n')
+    cli.write_text(path, json.dumps(report, indent=2) + '\n')
     print(f"wrote {path}")
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(cli.run(main))

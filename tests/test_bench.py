@@ -1,0 +1,271 @@
+"""bench.py: its flags, its errors and interruptions, and one tiny real run of every pipeline.
+
+The benchmark itself takes minutes; here each part runs cut short (hidden flags: one loss-timing block,
+three batches of the book's epoch, one epoch of ours at the start and one at the end) and the whole
+command is left out of the real run (stand-ins check how its runs are paired and counted). Every
+bench.py process starts at once and they run side by side (see `runs`).
+"""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bench
+import losses
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_PY = os.path.join(ROOT, 'bench.py')
+QUICK = ['--epochs', '2', '--book-epochs', '1', '--book-batches', '3', '--floor-epochs', '1',
+         '--loss-blocks', '1', '--whole-epochs', '1']
+
+
+def environment(tmp):
+    """The test's environment without OpenMP settings (so that what the book's process sees is what
+    bench.py passed on), a private TMPDIR (to see bench's work folder come and go) and a marker that
+    every descendant inherits (to find any left running)."""
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(('OMP_', 'GOMP_', 'KMP_', 'MKL_'))}
+    os.makedirs(tmp, exist_ok=True)
+    env.update(TMPDIR=str(tmp), BENCH_TEST_MARKER=uuid.uuid4().hex)
+    return env
+
+
+def start(*flags, env):
+    return subprocess.Popen([sys.executable, BENCH_PY, *flags], cwd=ROOT, env=env, text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(process, timeout=300):
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def assert_one_line_error(err, *fragments):
+    assert 'Traceback' not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def processes_with(marker):
+    """Pids of live processes whose environment holds BENCH_TEST_MARKER=marker."""
+    found = []
+    for path in glob.glob('/proc/[0-9]*/environ'):
+        try:
+            with open(path, 'rb') as f:
+                if f'BENCH_TEST_MARKER={marker}'.encode() in f.read().split(b'\0'):
+                    found.append(int(path.split('/')[2]))
+        except OSError:  # gone, or not ours
+            pass
+    return found
+
+
+def assert_nothing_left(env, timeout=10):
+    """No work folder in TMPDIR, and no child process still running (killed ones may take a moment)."""
+    assert glob.glob(os.path.join(env['TMPDIR'], 'bench-*')) == []
+    deadline = time.monotonic() + timeout
+    while processes_with(env['BENCH_TEST_MARKER']) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_with(env['BENCH_TEST_MARKER']) == []
+
+
+BAD_FLAGS = {
+    'zero book epochs': (['--book-epochs', '0'], '--book-epochs'),
+    'one epoch of ours': (['--epochs', '1'], '--epochs'),
+    'too many epochs': (['--epochs', '100000'], '--epochs'),
+    'word epochs': (['--epochs', 'ten'], '--epochs'),
+    'zero floor epochs': (['--floor-epochs', '0'], '--floor-epochs'),
+    'negative whole runs': (['--whole-runs', '-1'], '--whole-runs'),
+    'too many whole runs': (['--whole-runs', '10'], '--whole-runs'),
+    'unknown device': (['--device', 'tpu'], '--device'),
+    'empty data dir': (['--data-dir', ''], '--data-dir'),
+    'zero loss blocks': (['--loss-blocks', '0'], '--loss-blocks'),
+    'a child spec by hand': (['--child', 'ours'], '--child'),
+    'empty out': (['--out', ''], '--out'),
+}
+
+
+# Interruptions: (signal, the file in bench's work folder whose appearance says when to send it)
+INTERRUPTIONS = {
+    # the book's process has made its torchvision copy of the data there: it is running
+    'ctrl-c during the book': (signal.SIGINT, 'torchvision'),
+    # the first child (train.py's pipeline) has been started
+    'kill during the first child': (signal.SIGTERM, 'child-1.err'),
+}
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    """Every command at once: the tiny real run, the interrupted runs, the missing data folder and the bad
+    flags (each of these costs only a Python start-up: bench.py's own process never imports torch).
+    An interrupted run gets its signal as soon as its moment has come."""
+    base = tmp_path_factory.mktemp('bench')
+    processes, envs = {}, {}
+
+    def launch(name, *flags):
+        envs[name] = environment(base / 'tmp' / name.replace(' ', '-'))
+        # --out first, so that a bad --out among the flags is the one that counts
+        processes[name] = start('--out', str(base / 'out' / name.replace(' ', '-')), *flags, env=envs[name])
+
+    launch('tiny', *QUICK, '--whole-runs', '0')
+    for name in INTERRUPTIONS:
+        launch(name, *QUICK, '--whole-runs', '0')
+    launch('no data', '--data-dir', str(base / 'nonexistent'))
+    for name, (flags, _) in BAD_FLAGS.items():
+        launch(name, *flags)
+    try:
+        waiting, deadline = dict(INTERRUPTIONS), time.monotonic() + 300
+        while waiting and time.monotonic() < deadline:
+            for name, (signum, marker) in list(waiting.items()):
+                if processes[name].poll() is not None:
+                    del waiting[name]  # finished before its moment: the test says so
+                elif glob.glob(os.path.join(envs[name]['TMPDIR'], 'bench-*', marker)):
+                    processes[name].send_signal(signum)
+                    del waiting[name]
+            time.sleep(0.05)
+        return {name: finish(process) for name, process in processes.items()}, envs, base
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+
+
+@pytest.mark.parametrize('case', sorted(BAD_FLAGS))
+def test_bad_flags_get_one_line_naming_the_flag_and_exit_2(runs, case):
+    results, _, base = runs
+    code, out, err = results[case]
+    assert code == 2, err
+    assert_one_line_error(err, BAD_FLAGS[case][1])
+    assert out == ''
+    assert not (base / 'out' / case.replace(' ', '-')).exists() or case == 'empty out'
+
+
+def test_a_missing_data_folder_is_one_line_and_exit_2(runs):
+    results, envs, base = runs
+    code, out, err = results['no data']
+    assert code == 2, err
+    assert_one_line_error(err, 'error: data folder', 'nonexistent', 'does not exist')
+    assert_nothing_left(envs['no data'])
+    assert not (base / 'out' / 'no-data' / 'bench.json').exists()
+
+
+def test_a_tiny_run_times_every_pipeline_and_writes_bench_json(runs):
+    results, envs, base = runs
+    code, out, err = results['tiny']
+    assert code == 0, err
+    assert 'Traceback' not in err
+    report = json.loads((base / 'out' / 'tiny' / 'bench.json').read_text())
+    pipelines, ratios = report['pipelines'], report['ratios']
+    assert len(pipelines['book']['seconds']) == 1
+    assert [len(s) for s in pipelines['ours']['seconds_by_round'].values()] == [1, 1]
+    assert [len(s) for s in pipelines['floor']['seconds_by_round'].values()] == [1, 1, 1]
+    assert 0 < pipelines['ours']['test_acc'] <= 1 and 0 <= pipelines['book']['test_acc'] <= 1
+    assert 'whole_command' not in report and 'whole_over_floor' not in ratios  # --whole-runs 0
+    for key in ('book_over_ours', 'ours_over_floor'):
+        assert ratios[key] > 0
+    assert set(report['cross_entropy']) == {'256x10', '8192x1000', '32x10x64x64', '131072x10'}
+    assert report['machine']['cpu'] and report['machine']['cores'] >= 1
+    assert report['threads']['ours'] >= 1 and report['torch_version'] == str(torch.__version__)
+    # bench.py sets no OpenMP variable: the book's process runs in the environment it was given
+    assert report['thread_environment']['book'] == {}
+    lines = out.splitlines()
+    assert lines[0].startswith('cpu ') and 'torch ' in lines[0] and 'threads' in lines[0]
+    for fragment in ('book: DataLoader', 'train.py: resident tensors', 'floor: gather',
+                     'book / ours', 'ours / floor', 'cross_entropy fwd+bwd 256x10',
+                     'cross_entropy fwd+bwd 131072x10 (the same, flattened)'):
+        assert any(fragment in line for line in lines), fragment
+    assert lines[-1] == f"wrote {base / 'out' / 'tiny' / 'bench.json'}"
+    assert_nothing_left(envs['tiny'])
+
+
+def test_whole_runs_alternate_and_the_floor_counts_the_faster_run_of_each_epoch(tmp_path):
+    # stand-ins for `python train.py` and for the floor process (which prints its epochs' times)
+    floor_result = json.dumps(dict(floor=dict(seconds=[0.1, 0.1], total=0.5)))
+    train_command = [sys.executable, '-c', "import time; time.sleep(0.3)"]
+    floor_command = [sys.executable, '-c', f"import time; time.sleep(0.6); print({floor_result!r})"]
+    children = bench.Children(str(tmp_path))
+    pairs = [bench.whole_pair(children, train_command, floor_command, index) for index in range(2)]
+    assert [what for what, _ in children.log] == ['the whole command (train.py)', 'the whole command (floor)',
+                                                  'the whole command (floor)', 'the whole command (train.py)']
+    for pair in pairs:
+        assert pair['train.py']['seconds'] >= 0.3 and pair['train.py']['peak_rss_mb'] > 0
+        floor = pair['floor']
+        assert floor['process_seconds'] >= 0.6
+        assert floor['seconds'] == pytest.approx(floor['process_seconds'] - 0.3)  # less 0.5 s run, 0.2 s kept
+
+
+@pytest.mark.parametrize('case', sorted(INTERRUPTIONS))
+def test_ctrl_c_or_kill_exits_130_kills_the_children_and_removes_the_work_folder(runs, case):
+    results, envs, base = runs
+    code, out, err = results[case]
+    assert code == 130, err
+    assert_one_line_error(err, 'interrupted')
+    assert_nothing_left(envs[case])  # the book's data copy and DataLoader workers included
+    assert not (base / 'out' / case.replace(' ', '-') / 'bench.json').exists()
+
+
+def test_a_child_that_fails_becomes_one_line(tmp_path):
+    children = bench.Children(str(tmp_path))
+    with pytest.raises(bench.ChildFailed, match=r"^the test child failed \(exit 3\): something broke$"):
+        children.run([sys.executable, '-c', "import sys; print('error: something broke', file=sys.stderr); "
+                      "sys.exit(3)"], 'the test child')
+    with pytest.raises(bench.ChildFailed, match="killed by SIGKILL"):
+        children.run([sys.executable, '-c', 'import os, signal; os.kill(os.getpid(), signal.SIGKILL)'],
+                     'the test child')
+    with pytest.raises(bench.cli.InputError, match=r"^bad flag$"):
+        children.run([sys.executable, '-c', "import sys; print('error: bad flag', file=sys.stderr); sys.exit(2)"],
+                     'the test child')
+    assert children.running == []
+
+
+# ------------------------------------------------------------------ in this process: the measurements' code
+
+@pytest.fixture
+def small_loss_cases(monkeypatch):
+    monkeypatch.setattr(bench, 'LOSS_CASES', [((8, 10), 2), ((2, 10, 4, 4), 2), ('flattened', 2)])
+
+
+def test_loss_timings_report_a_shape_the_scratch_loss_refuses_as_unsupported(monkeypatch, small_loss_cases):
+    real = losses.cross_entropy
+
+    def two_dimensional_only(input, target, *args, **kwargs):
+        if input.dim() > 2:
+            raise ValueError("input must be a floating-point (N, C) tensor of logits")
+        return real(input, target, *args, **kwargs)
+    monkeypatch.setattr(losses, 'cross_entropy', two_dimensional_only)
+    results = bench.loss_timings(blocks=2)
+    assert set(results) == {'8x10', '2x10x4x4', '32x10'}
+    kdim, flat = results['2x10x4x4'], results['32x10']
+    assert kdim['unsupported'].startswith('ValueError: input must be') and kdim['torch'] > 0
+    assert 'ratio' not in kdim and 'scratch' not in kdim
+    assert flat['flattened'] and flat['ratio'] > 0 and results['8x10']['ratio'] > 0
+    report = dict(cross_entropy=results)
+    lines = [line for line in bench.printout_losses(report) if '2x10x4x4' in line]
+    assert lines and 'scratch unsupported (ValueError' in lines[0]
+
+
+def test_loss_timings_refuse_to_time_a_wrong_result(monkeypatch, small_loss_cases):
+    monkeypatch.setattr(losses, 'cross_entropy', lambda input, target: 2 * F.cross_entropy(input, target))
+    results = bench.loss_timings(blocks=1)
+    assert all('mismatch' in result and 'ratio' not in result for result in results.values())
+
+
+def test_each_floor_epoch_runs_with_one_thread_and_with_all_and_counts_the_faster():
+    features, test_features = torch.rand(1000, 784), torch.rand(100, 784)
+    threads = torch.get_num_threads()
+    floor = bench.floor_epochs(features, test_features, 3, 'cpu', max_threads=2)
+    assert set(floor['by_threads']) == {'1', '2'}
+    for epoch, pair in enumerate(zip(floor['by_threads']['1'], floor['by_threads']['2'])):
+        finished = [seconds for seconds in pair if seconds is not None]  # None: stopped, already slower
+        assert finished and floor['seconds'][epoch] == min(finished)
+    assert floor['total'] >= sum(floor['seconds'])
+    assert torch.get_num_threads() == threads  # put back as it was
