@@ -4,7 +4,7 @@ clean stops on Ctrl-C or kill, and output streams that may close at any moment.
     exit 0    what was asked was done
     exit 1    training diverged (a loss became nan/inf), or something unexpected broke
     exit 2    bad input: a flag, a data file, a checkpoint, an output folder; one line says which and why
-    exit 130  interrupted (Ctrl-C or a plain `kill`); every finished result is kept
+    exit 130  interrupted (Ctrl-C, a plain `kill`, or the terminal closing); every finished result is kept
 
 A script follows one pattern, and gets all of the above from it:
 
@@ -33,7 +33,7 @@ import tempfile
 import threading
 
 EXIT_DONE, EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, the terminal closed
 
 
 class InputError(Exception):
@@ -328,7 +328,8 @@ def start():
     _guard_streams()
     if _on_main_thread():
         for sig in STOP_SIGNALS:
-            signal.signal(sig, _exit_while_starting)
+            if signal.getsignal(sig) != signal.SIG_IGN:  # ignored on purpose (nohup, a background job): keep
+                signal.signal(sig, _exit_while_starting)
 
 
 def run(main, argv=None):
@@ -337,7 +338,8 @@ def run(main, argv=None):
     start()
     _stop_requested.clear()
     for sig in original:
-        signal.signal(sig, _interrupt)
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, _interrupt)
     try:
         code = main(argv)
     except InputError as error:

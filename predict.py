@@ -66,6 +66,8 @@ def open_image(path):
     from PIL import Image, ImageOps, UnidentifiedImageError
     if os.path.isdir(path):
         raise ImageProblem("is a folder, not an image")
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block, a device never end
+        raise ImageProblem("is not a regular file (a pipe or a device?), not an image")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its limit and twice its limit: such an image would still take

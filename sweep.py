@@ -51,6 +51,7 @@ KEY_COLUMNS = ['lr', 'batch_size', 'seed', 'epochs', 'recipe', 'loss']  # what m
 RESULT_COLUMNS = ['final_train_loss', 'final_test_loss', 'final_test_acc', 'best_test_acc', 'best_epoch', 'seconds']
 SWEEP_COLUMNS = KEY_COLUMNS + ['status'] + RESULT_COLUMNS
 STATUSES = ('finished', 'diverged')
+MAX_CSV_BYTES = 64 * 2**20  # ~400,000 rows: far more than any grid
 OUTPUT_FILES = ['sweep.csv', 'sweep.json', 'sweep.png', 'sweep_curves.png']
 
 
@@ -95,9 +96,9 @@ def build_parser():
     # 'extend': `--lr 0.1 --lr 0.3` means both values, not only the last
     parser.add_argument('--lr', type=cli.positive_float32, nargs='+', action='extend', metavar='LR',
                         help="learning rates (default: %s)" % ' '.join(f"{lr:g}" for lr in DEFAULT_LRS))
-    parser.add_argument('--batch-size', type=train.positive_int, nargs='+', action='extend', metavar='N',
+    parser.add_argument('--batch-size', type=train.batch_size_flag, nargs='+', action='extend', metavar='N',
                         help="batch sizes (default: %s)" % ' '.join(map(str, DEFAULT_BATCH_SIZES)))
-    parser.add_argument('--epochs', type=train.positive_int, default=10, metavar='N',
+    parser.add_argument('--epochs', type=train.epochs_flag, default=10, metavar='N',
                         help="epochs of every run, whatever the recipe (default: %(default)s)")
     parser.add_argument('--seeds', type=cli.whole_number(1, MAX_SEEDS + 1), default=1, metavar='K',
                         help="train every cell with seeds 0 .. K-1 (default: %(default)s)")
@@ -169,6 +170,8 @@ def read_sweep_csv(path):
     def refuse(why):
         raise InputError(f"{path} is not a sweep.csv written by sweep.py ({why}); move it away or choose "
                          f"another --out")
+    if os.path.getsize(path) > MAX_CSV_BYTES:
+        refuse(f"it holds {os.path.getsize(path):,} bytes, more than a sweep writes")
     try:
         with open(path, newline='', encoding='utf-8') as f:
             text = f.read()
@@ -225,6 +228,11 @@ def parse_record(record):
                best_epoch=number('best_epoch', int, 1, empty_ok=True))
     for column in RESULT_COLUMNS[:4]:
         row[column] = number(column, float, 0, empty_ok=True)
+    for column in ('final_test_acc', 'best_test_acc'):
+        if row[column] is not None and row[column] > 1:
+            raise ValueError(f"{column} is {record[column]!r}, not an accuracy between 0 and 1")
+    if row['status'] == 'finished' and None in (row[column] for column in RESULT_COLUMNS[:4]):
+        raise ValueError("a finished run without its results")
     return key, row
 
 

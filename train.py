@@ -94,16 +94,19 @@ class Diverged(Exception):
 # ----------------------------------------------------------------------------- command line
 
 positive_int = cli.whole_number(1)
+MAX_EPOCHS = 100_000  # ~3 hours at 0.1 s an epoch: a larger number is a typo, not a plan
+epochs_flag = cli.whole_number(1, MAX_EPOCHS + 1)
+batch_size_flag = cli.whole_number(1, 60_000 + 1)  # at most the whole training set: one step per epoch
 
 
 def build_parser():
     parser = cli.ArgumentParser(
         description="Softmax regression O = XW + b on Fashion-MNIST, as in Dive into Deep Learning ch. 3.",
         epilog="Exit codes: 0 done, 1 the loss diverged (nan/inf), 2 bad input, 130 interrupted.")
-    parser.add_argument('--epochs', type=positive_int,
+    parser.add_argument('--epochs', type=epochs_flag, metavar='N',
                         help="passes over the 60,000 training images (textbook 10, tuned %d)"
                              % RECIPES['tuned']['epochs'])
-    parser.add_argument('--batch-size', type=positive_int,
+    parser.add_argument('--batch-size', type=batch_size_flag, metavar='N',
                         help="examples per SGD step (textbook 256, tuned %d)" % RECIPES['tuned']['batch_size'])
     parser.add_argument('--lr', type=cli.positive_float32,
                         help="learning rate (textbook 0.1, tuned %g, its peak before cosine decay)"
@@ -471,15 +474,15 @@ def environment(device):
                 threads=torch.get_num_threads())
 
 
-def write_epoch_outputs(out, config, history, model, device, status, started):
-    """After every epoch: history.csv, metrics.json and model.pt, each replaced whole."""
+def write_epoch_outputs(out, config, history, model, device, status, started, extra=None):
+    """After every epoch: history.csv, model.pt and metrics.json, each replaced whole."""
     write_text(os.path.join(out, 'history.csv'), history_csv(history))
-    write_metrics(out, config, history, device, status, started)
     state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}  # loadable without a GPU
     checkpoint = dict(model=state, inputs='pixels / 255, flattened to (n, 784)',  # also for --recipe tuned
                       config=dataclasses.asdict(config), epoch=history[-1]['epoch'],
                       test_acc=history[-1]['test_acc'], torch_version=str(torch.__version__))
     write_atomically(os.path.join(out, 'model.pt'), lambda tmp: torch.save(checkpoint, tmp))
+    write_metrics(out, config, history, device, status, started, extra)
 
 
 def write_curves(out, config, history):
@@ -556,19 +559,21 @@ def run(config, datasets, device):
             finished['drawn'], next_curves = len(history), time.monotonic() + CURVES_EVERY_SECONDS
 
     def wrap_up(status):
-        """The last finished epoch's files, whole, its status, and the final figures; returns its count."""
+        """The final figures from the last finished epoch, then its files, whole, with the run's status
+        (last: a metrics.json that says 'finished' has every figure beside it); returns its count."""
         history = finished['history']
         with cli.signals_ignored():
             if history:
-                write_epoch_outputs(config.out, config, history, finished['model'], device, status, started)
                 if finished['drawn'] != len(history):
                     write_curves(config.out, config, history)
                 calibration = write_final_figures(config.out, finished['model'], datasets[2], datasets[3])
-                write_metrics(config.out, config, history, device, status, started, {'calibration': calibration})
+                write_epoch_outputs(config.out, config, history, finished['model'], device, status, started,
+                                    {'calibration': calibration})
         return len(history)
 
     try:
         history = train(config, model, datasets, device, on_epoch)
+        wrap_up('finished')  # inside the try: a Ctrl-C landing before it starts still gets a wrap-up
     except Diverged as diverged:
         kept = wrap_up('diverged')
         hint = ("use a smaller --lr" if config.loss != 'naive'
@@ -580,7 +585,6 @@ def run(config, datasets, device):
         kept = wrap_up('interrupted')
         cli.say(f"\ninterrupted: {earlier_run_note(config.out, kept)}")
         return EXIT_INTERRUPTED
-    wrap_up('finished')
     print(f"done: test accuracy {history[-1]['test_acc']:.4f} after {len(history)} epochs; "
           f"median {statistics.median(row['seconds'] for row in history):.3f} s per epoch; "
           f"files in {config.out}/")
@@ -619,7 +623,9 @@ def compare(config, datasets, device):
                 title += f"\n{loss} diverged at {reason}"
             plots.save_figure(plots.plot_curves(histories, title), os.path.join(config.out, 'compare.png'))
         finals = {loss: history[-1] for loss, history in histories.items()}
-        report = dict(final=finals, diverged=diverged, config=dict(dataclasses.asdict(config), loss=list(LOSSES)),
+        status = 'interrupted' if code == EXIT_INTERRUPTED else 'finished'
+        report = dict(status=status, trained=list(histories), final=finals, diverged=diverged,
+                      config=dict(dataclasses.asdict(config), loss=list(LOSSES)),
                       wall_seconds=time.perf_counter() - started, **environment(device))
         write_text(os.path.join(config.out, 'compare.json'), json.dumps(report, indent=2) + '\n')
     drawn = f"compare.png and history_<loss>.csv in {config.out}/" if histories else (
@@ -627,7 +633,11 @@ def compare(config, datasets, device):
         + (f" (the one in {config.out}/ is an earlier run's)"
            if os.path.exists(os.path.join(config.out, 'compare.png')) else ""))
     if code == EXIT_INTERRUPTED:
-        cli.say(f"\ninterrupted: {drawn}")
+        earlier = [f"history_{loss}.csv" for loss in LOSSES if loss not in histories
+                   and os.path.exists(os.path.join(config.out, f"history_{loss}.csv"))]
+        note = (f"; {', '.join(earlier)} did not finish an epoch in this run (an earlier run's or empty)"
+                if earlier and histories else "")
+        cli.say(f"\ninterrupted: {drawn}{note}")
         return code
     if len(diverged) == len(LOSSES):
         cli.say(f"error: every loss diverged (lr was {config.lr:g}; use a smaller --lr); {drawn}")

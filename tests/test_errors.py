@@ -67,6 +67,8 @@ BAD_FLAGS = {
     'unknown device': (['--device', 'tpu'], '--device'),
     'unknown recipe': (['--recipe', 'fast'], '--recipe'),
     'huge seed': (['--seed', '99999999999999999999999'], '--seed'),
+    'batch over the training set': (['--batch-size', '60001'], '--batch-size'),
+    'epochs by the billion': (['--epochs', '99999999999999999999999'], '--epochs'),
     'negative seed': (['--seed', '-1'], '--seed'),
 }
 
@@ -450,4 +452,30 @@ def test_compare_interrupted_after_an_epoch_keeps_each_file_in_step(tmp_path):
     report = json.loads((tmp_path / 'compare.json').read_text())
     assert len(read_history(tmp_path / 'history_naive.csv')) == report['final']['naive']['epoch']
     assert (tmp_path / 'compare.png').is_file()
+    assert no_temporary_files(tmp_path)
+
+
+def test_the_terminal_closing_is_an_interruption_too(tmp_path):
+    process = start('--epochs', '1000', '--out', str(tmp_path))
+    assert _wait_for_rows(tmp_path / 'history.csv', 1, process), finish(process)
+    process.send_signal(signal.SIGHUP)
+    code, _, err = finish(process)
+    assert code == 130 and 'Traceback' not in err
+    assert json.loads((tmp_path / 'metrics.json').read_text())['status'] == 'interrupted'
+    assert (tmp_path / 'confusion.png').is_file() and no_temporary_files(tmp_path)
+
+
+def test_ctrl_c_just_after_the_last_epoch_still_wraps_up(tmp_path):
+    process = start('--epochs', '2', '--out', str(tmp_path))
+    for line in process.stdout:  # the last epoch's line comes right before the wrap-up
+        if line.startswith('epoch   2/2'):
+            process.send_signal(signal.SIGINT)
+            break
+    code, _, err = finish(process)
+    assert code in (0, 130) and 'Traceback' not in err
+    metrics = json.loads((tmp_path / 'metrics.json').read_text())
+    assert metrics['status'] == ('finished' if code == 0 else 'interrupted')
+    assert metrics['epochs_completed'] == 2 and 'calibration' in metrics
+    for name in ('curves.png', 'predictions.png', 'weights.png', 'confusion.png', 'confidence.png'):
+        assert (tmp_path / name).is_file(), name
     assert no_temporary_files(tmp_path)

@@ -332,7 +332,8 @@ def bad_files(folder, boot):
     (folder / 'big.png').write_bytes(png_with_header(12_000, 12_000))  # over Pillow's limit, under twice it
     Image.new('RGB', (300, 200), (200, 30, 30)).save(folder / 'uniform.png')
     Image.new('RGBA', (300, 200), (0, 0, 0, 0)).save(folder / 'transparent.png')
-    return {str(folder / 'missing.png'): 'no such file', str(folder / 'a-folder'): 'is a folder',
+    os.mkfifo(folder / 'pipe.png')  # opening it would wait for a writer forever
+    return {str(folder / 'pipe.png'): 'not a regular file',str(folder / 'missing.png'): 'no such file', str(folder / 'a-folder'): 'is a folder',
             str(folder / 'empty.png'): 'empty file', str(folder / 'notes.jpg'): 'not an image',
             str(folder / 'cut.jpg'): 'truncated', str(folder / 'cut.png'): 'truncated',
             str(folder / 'bomb.png'): 'decompression bomb', str(folder / 'big.png'): 'decompression bomb',

@@ -293,6 +293,8 @@ GOOD_ROW = '0.1,256,0,1,textbook,scratch,finished,0.5,0.5,0.8,0.8,1,1.0'
     (f"{HEADER}\n{GOOD_ROW.replace('0.1,', 'fast,', 1)}\n".encode(), "line 2: lr is 'fast'"),
     (f"{HEADER}\n{GOOD_ROW.replace('finished', 'done')}\n".encode(), "line 2: status is 'done'"),
     (f"{HEADER}\n{GOOD_ROW.replace('textbook', 'book')}\n".encode(), "line 2: recipe is 'book'"),
+    (f"{HEADER}\n0.1,256,0,1,textbook,scratch,finished,,,,,,1\n".encode(), "a finished run without its results"),
+    (f"{HEADER}\n{GOOD_ROW.replace(',0.8,0.8,', ',5e300,0.8,')}\n".encode(), "not an accuracy between 0 and 1"),
 ])
 def test_a_sweep_csv_that_is_not_one_is_refused_and_nothing_is_lost(tmp_path, run_sweep, content, why):
     (tmp_path / 'sweep.csv').write_bytes(content)
