@@ -70,7 +70,8 @@ def plot_predictions(images, labels, predicted, count=24, columns=8):
     from matplotlib.patches import Rectangle
     count = min(count, len(images))
     rows = -(-count // columns)
-    figure = _new_figure(columns * 1.3, rows * 1.6 + 0.4)
+    figure = _new_figure(columns * 1.3, rows * 1.6 + 0.4, layout=None)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9)
     axes = figure.subplots()
     image, corners = _mosaic(images[:count].reshape(-1, 28, 28), columns, band=18, gap=6, fill=0.0)
     axes.imshow(image.numpy(), cmap='gray_r', vmin=0, vmax=1, interpolation='nearest')
@@ -89,7 +90,8 @@ def plot_predictions(images, labels, predicted, count=24, columns=8):
 
 def plot_weights(W):
     """Each column of W, a (784,) template, as a 28x28 image: red pixels vote for the class, blue against."""
-    figure = _new_figure(12, 5.4)
+    figure = _new_figure(12, 5.4, layout=None)
+    figure.subplots_adjust(left=0.01, right=0.97, bottom=0.02, top=0.9)
     axes = figure.subplots()
     limit = float(W.abs().max())
     # gaps are nan, drawn in white: a weight of 0 is white too, so the gaps read as "no vote"
@@ -106,7 +108,8 @@ def plot_weights(W):
 def plot_confusion(labels, predicted):
     """10x10 counts: row = true class, column = predicted class; the diagonal is what was right."""
     confusion = torch.bincount(labels * 10 + predicted, minlength=100).reshape(10, 10)
-    figure = _new_figure(8, 7)
+    figure = _new_figure(8, 7, layout=None)
+    figure.subplots_adjust(left=0.17, right=0.98, bottom=0.16, top=0.95)
     axes = figure.subplots()
     axes.imshow(confusion.numpy(), cmap='Blues')
     for i in range(10):
@@ -342,8 +345,10 @@ def plot_confidence(calibration):
     (b) accuracy against coverage when the model abstains below a confidence threshold, with the
         threshold that reaches the target accuracy (95%) marked.
     """
-    figure = _new_figure(12, 5.4)
-    grid = figure.add_gridspec(2, 2, height_ratios=[3, 1.1])
+    # a fixed layout: a layout engine would draw the figure twice, and this one is drawn after every run
+    figure = _new_figure(12, 5.4, layout=None)
+    grid = figure.add_gridspec(2, 2, height_ratios=[3, 1.1], left=0.06, right=0.985, bottom=0.1, top=0.88,
+                               wspace=0.17, hspace=0.08)
     reliability = figure.add_subplot(grid[0, 0])
     counts_axes = figure.add_subplot(grid[1, 0], sharex=reliability)
     coverage_axes = figure.add_subplot(grid[:, 1])
@@ -359,7 +364,7 @@ def plot_confidence(calibration):
     reliability.bar([centres[b] for b in filled], accuracy, width=width, color='tab:blue', edgecolor='black',
                     linewidth=0.5, label='accuracy in the bin')
     reliability.bar([centres[b] for b in filled], [c - a for a, c in zip(accuracy, confidence)], bottom=accuracy,
-                    width=width, color='tab:red', alpha=0.3, edgecolor='tab:red', hatch='//', linewidth=0.5,
+                    width=width, color='tab:red', alpha=0.3, edgecolor='tab:red', linewidth=0.5,
                     label="gap to the bin's mean confidence")
     reliability.plot([0, 1], [0, 1], 'k--', linewidth=1, label='perfectly calibrated')
     reliability.set(xlim=(0, 1), ylim=(0, 1), ylabel='accuracy',
