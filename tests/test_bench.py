@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import bench
 import losses
+from helpers import assert_one_line_error, finish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_PY = os.path.join(ROOT, 'bench.py')
@@ -41,19 +42,6 @@ def environment(tmp):
 def start(*flags, env):
     return subprocess.Popen([sys.executable, BENCH_PY, *flags], cwd=ROOT, env=env, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def finish(process, timeout=300):
-    out, err = process.communicate(timeout=timeout)
-    return process.returncode, out, err
-
-
-def assert_one_line_error(err, *fragments):
-    assert 'Traceback' not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def processes_with(marker):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import data
 import losses
 import train
+from helpers import assert_one_line_error, finish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, 'train.py')
@@ -26,19 +27,6 @@ TRAIN_PY = os.path.join(ROOT, 'train.py')
 def start(*flags, cwd=ROOT, env=None):
     return subprocess.Popen([sys.executable, TRAIN_PY, *flags], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def finish(process, timeout=300):
-    out, err = process.communicate(timeout=timeout)
-    return process.returncode, out, err
-
-
-def assert_one_line_error(err, *fragments):
-    assert 'Traceback' not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def read_history(path):

@@ -17,6 +17,7 @@ import data
 import plots
 import sweep
 import train
+from helpers import assert_one_line_error, finish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -39,19 +40,6 @@ def no_temporary_files(folder):
 def start(script, *flags):
     return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *flags], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def finish(process, timeout=300):
-    out, err = process.communicate(timeout=timeout)
-    return process.returncode, out, err
-
-
-def assert_one_line_error(err, *fragments):
-    assert 'Traceback' not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 @pytest.fixture(scope='module')
