@@ -93,7 +93,6 @@ class Diverged(Exception):
 
 # ----------------------------------------------------------------------------- command line
 
-positive_int = cli.whole_number(1)
 MAX_EPOCHS = 100_000  # ~3 hours at 0.1 s an epoch: a larger number is a typo, not a plan
 epochs_flag = cli.whole_number(1, MAX_EPOCHS + 1)
 batch_size_flag = cli.whole_number(1, 60_000 + 1)  # at most the whole training set: one step per epoch
