@@ -26,7 +26,7 @@ whole-command runs spread over the three):
 An epoch is one pass over the 60,000 training images plus the accuracy on the 10,000 test images.
 Writes --out/bench.json. Exit codes: 0 done, 1 something broke, 2 bad input, 130 interrupted.
 """
-import cli
+from machinery import cli
 
 if __name__ == '__main__':  # before anything slow: Ctrl-C or kill from here on is a clean exit 130
     cli.start()

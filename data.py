@@ -31,7 +31,8 @@ import os
 import stat
 import zlib
 
-import cli
+import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
+from machinery import cli
 
 if __name__ == '__main__':
     cli.start()  # before torch's import: Ctrl-C during it is a clean exit 130, and the streams are guarded

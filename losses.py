@@ -26,7 +26,8 @@ import operator
 import os
 import sys
 
-import cli
+import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
+from machinery import cli
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -568,7 +569,7 @@ def main(argv=None):
     since sys.argv is not ours to read there. Returns the exit code; raises cli.InputError for an
     output folder that cannot be written.
     """
-    import plots  # matplotlib is slow to import, and only the demo draws
+    from machinery import plots  # matplotlib is slow to import, and only the demo draws
     parser = cli.ArgumentParser(prog='losses.py', description=__doc__.strip().split('\n')[0])
     parser.add_argument('--out', default='outputs', type=cli.non_empty,
                         help="folder for stability.png (default outputs)")

@@ -23,7 +23,8 @@ rate is an answer, not an error), 2 bad input, 130 interrupted.
 import os
 import sys
 
-import cli
+import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
+from machinery import cli
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -35,12 +36,13 @@ import json
 import math
 import time
 
-import train  # before torch: train.py sets MKL_CBWR and GOMP_SPINCOUNT, read when torch loads
 import torch
 
+import train
+
 import data
-import plots
-from cli import EXIT_INTERRUPTED, InputError, OutputError, write_text
+from machinery import plots
+from machinery.cli import EXIT_INTERRUPTED, InputError, OutputError, write_text
 
 DEFAULT_LRS = [0.01, 0.03, 0.1, 0.3, 1.0]
 DEFAULT_BATCH_SIZES = [32, 64, 256, 1024]

@@ -11,18 +11,8 @@ ends, fails or is interrupted. Exit codes: 0 done, 1 diverged (loss became nan/i
 import os
 import sys
 
-# Set before torch loads its libraries; set either yourself to override (ThreadChooser, below, explains):
-# - MKL_CBWR=AUTO,STRICT: MKL's strict reproducibility mode: a GEMM gives the same bits on 1 thread or 2,
-#   so the thread count can follow the machine's load without changing a run's history.
-# - GOMP_SPINCOUNT: how long an idle OpenMP thread spins before it sleeps. Between two steps there is
-#   ~0.1 ms of Python; a thread that sleeps through it costs a wake-up per GEMM. Under contention the
-#   ThreadChooser drops to one thread, where spinning costs nothing.
-os.environ.setdefault('MKL_CBWR', 'AUTO,STRICT')
-if 'OMP_WAIT_POLICY' not in os.environ:
-    os.environ.setdefault('GOMP_SPINCOUNT', '100000')
-
-
-import cli
+import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
+from machinery import cli
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -41,9 +31,10 @@ import time
 import torch
 
 import data
-import plots
-import predict
-from cli import EXIT_DIVERGED, EXIT_INTERRUPTED, OutputError, stop_if_requested, write_atomically, write_text
+from machinery import plots
+from machinery import metrics
+from machinery.threads import ThreadChooser
+from machinery.cli import EXIT_DIVERGED, EXIT_INTERRUPTED, OutputError, stop_if_requested, write_atomically, write_text
 from losses import LOSSES, correct_count, cross_entropy, cross_entropy_naive, softmax, softmax_naive
 from model import SoftmaxRegression
 
@@ -79,9 +70,6 @@ class Config:
     weight_decay: float = 0.0
     schedule: str = 'constant'
     standardize: bool = False
-
-
-_DEFAULT_THREADS = torch.get_num_threads()
 
 
 class Diverged(Exception):
@@ -375,96 +363,6 @@ def train(config, model, datasets, device, on_epoch=None, log=print):
     return history
 
 
-# ----------------------------------------------------------------------------- threads
-
-def gemms_reproducible_across_thread_counts():
-    """True when MKL's strict reproducibility mode is on (MKL_CBWR=AUTO,STRICT, set at the top of this file,
-    takes effect if no GEMM ran before), so that every GEMM gives the same bits on 1 thread or 2."""
-    import ctypes
-    try:
-        mkl = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), 'lib', 'libtorch_cpu.so'))
-        return bool(mkl.mkl_serv_cbwr_get(ctypes.c_int(-1)) & 0x10000)  # MKL_CBWR_STRICT
-    except (OSError, AttributeError):  # a build without MKL (e.g. ARM): keep torch's thread count
-        return False
-
-
-class ThreadChooser:
-    """How many CPU threads the step loop uses, chosen by timing real training steps with each count.
-
-    On an idle machine two threads run the step's GEMMs faster; beside another busy process one thread
-    is faster (the second one waits for a core, and every step waits for it). Which holds differs between
-    CPUs and changes during a run, so it is measured, not set: a trial runs `warmup` steps and then
-    `timed` steps with each count (a count clearly slower than the best is cut short), and keeps the
-    fastest. The trial is repeated when steps become 1.5x slower than it promised, and every
-    `recheck_seconds` anyway. The trial's steps are ordinary training steps; the history does not depend
-    on the choice, since MKL's strict mode makes each GEMM's result the same on any number of threads.
-    """
-
-    def __init__(self, device, warmup=3, timed=12, recheck_seconds=2.0):
-        self.counts = []
-        if device.type == 'cpu' and _DEFAULT_THREADS > 1 and gemms_reproducible_across_thread_counts():
-            torch.set_num_threads(_DEFAULT_THREADS)
-            self.counts = [_DEFAULT_THREADS, 1]
-        self.warmup, self.timed, self.recheck_seconds = warmup, timed, recheck_seconds
-        self.last = None
-        self._start_trial()
-
-    def start_epoch(self):
-        self.last = None  # the time between epochs (evaluation, files) is not a step's
-
-    def tick(self):
-        """Called before every step: times the previous one, and switches the thread count when due."""
-        if not self.counts:
-            return
-        now = time.perf_counter()
-        last, self.last = self.last, now
-        if last is None:
-            return
-        if self.trial_queue:
-            self._trial_step(now - last, now)
-        else:
-            self._watch(now - last, now)
-
-    def _use(self, count):
-        torch.set_num_threads(count)
-        self.active, self.seen = count, 0
-
-    def _start_trial(self):
-        self.trial_queue = list(self.counts)
-        self.trial_times = {}
-        if self.counts:
-            self._use(self.trial_queue[0])
-
-    def _trial_step(self, seconds, now):
-        self.seen += 1
-        if self.seen <= self.warmup:  # waking threads and caches: the first steps after a switch lie
-            return
-        times = self.trial_times.setdefault(self.active, [])
-        times.append(seconds)
-        best = min((sum(other[:len(times)]) for count, other in self.trial_times.items()
-                    if count != self.active and len(other) >= len(times)), default=math.inf)
-        if len(times) < self.timed and sum(times) <= 1.5 * best:
-            return
-        self.trial_queue.pop(0)
-        if self.trial_queue:
-            self._use(self.trial_queue[0])
-            return
-        medians = {count: statistics.median(times) for count, times in self.trial_times.items()}
-        self.reference = min(medians.values())
-        self._use(min(medians, key=medians.get))
-        self.window, self.next_check = [], now + self.recheck_seconds
-
-    def _watch(self, seconds, now):
-        self.window.append(seconds)
-        if len(self.window) < self.timed:
-            return
-        slower = statistics.median(self.window) > 1.5 * self.reference
-        self.window = []
-        if slower or now >= self.next_check:
-            self.counts.sort(key=lambda count: count != self.active)  # the current count first: it is warm
-            self._start_trial()
-
-
 # ----------------------------------------------------------------------------- one run, its files
 
 def environment(device):
@@ -505,7 +403,7 @@ def write_metrics(out, config, history, device, status, started, extra=None):
 def write_final_figures(out, model, test_images, test_labels):
     """predictions.png, weights.png, confusion.png and confidence.png from a model that takes X/255.
 
-    Returns the test set's calibration (predict.calibration: ECE over 15 bins of confidence, and the
+    Returns the test set's calibration (metrics.calibration: ECE over 15 bins of confidence, and the
     confidence threshold that reaches 95% accuracy), without its coverage curve, for metrics.json.
     """
     features = prepare_features(test_images)
@@ -516,7 +414,7 @@ def write_final_figures(out, model, test_images, test_labels):
                       os.path.join(out, 'predictions.png'))
     plots.save_figure(plots.plot_weights(model.W.detach().cpu()), os.path.join(out, 'weights.png'))
     plots.save_figure(plots.plot_confusion(labels, predicted), os.path.join(out, 'confusion.png'))
-    calibration = predict.calibration(probabilities, labels)
+    calibration = metrics.calibration(probabilities, labels)
     plots.save_figure(plots.plot_confidence(calibration), os.path.join(out, 'confidence.png'))
     return {key: value for key, value in calibration.items() if key != 'coverage_curve'}
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-import cli
+from machinery import cli
 import losses
-import plots
+from machinery import plots
 from losses import (LOSSES, STAGES, accuracy, correct_count, cross_entropy, cross_entropy_naive,
                     log_softmax, softmax, softmax_naive)
 

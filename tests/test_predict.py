@@ -21,8 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-import cli
-import plots
+from machinery import cli
+from machinery import plots
 import predict
 import train
 from data import TEXT_LABELS

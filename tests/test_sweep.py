@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-import cli
+from machinery import cli
 import data
-import plots
+from machinery import plots
 import sweep
 import train
 from helpers import assert_one_line_error, finish

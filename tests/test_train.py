@@ -12,6 +12,7 @@ import torch
 
 import losses
 import train
+from machinery import threads
 from model import SoftmaxRegression, load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -203,8 +204,8 @@ class FakeClock:
 
 @pytest.fixture
 def two_threads_allowed(monkeypatch):
-    monkeypatch.setattr(train, '_DEFAULT_THREADS', 2)
-    monkeypatch.setattr(train, 'gemms_reproducible_across_thread_counts', lambda: True)
+    monkeypatch.setattr(threads, '_DEFAULT_THREADS', [2])
+    monkeypatch.setattr(threads, 'gemms_reproducible_across_thread_counts', lambda: True)
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -213,16 +214,16 @@ def two_threads_allowed(monkeypatch):
 @pytest.mark.parametrize('fast', [1, 2])
 def test_the_thread_chooser_keeps_the_faster_count(monkeypatch, two_threads_allowed, fast):
     clock = FakeClock({fast: 0.001, 3 - fast: 0.002})
-    monkeypatch.setattr(train.time, 'perf_counter', clock)
-    chooser = train.ThreadChooser(torch.device('cpu'))
+    monkeypatch.setattr(threads.time, 'perf_counter', clock)
+    chooser = threads.ThreadChooser(torch.device('cpu'))
     clock.run_steps(chooser, 60)
     assert torch.get_num_threads() == fast
 
 
 def test_the_thread_chooser_follows_a_change_of_load(monkeypatch, two_threads_allowed):
     clock = FakeClock({2: 0.001, 1: 0.0018})  # idle: two threads are faster
-    monkeypatch.setattr(train.time, 'perf_counter', clock)
-    chooser = train.ThreadChooser(torch.device('cpu'))
+    monkeypatch.setattr(threads.time, 'perf_counter', clock)
+    chooser = threads.ThreadChooser(torch.device('cpu'))
     clock.run_steps(chooser, 60)
     assert torch.get_num_threads() == 2
     clock.seconds = {2: 0.02, 1: 0.002}  # a busy process arrives: two threads wait for a core
@@ -236,18 +237,18 @@ def test_the_thread_chooser_follows_a_change_of_load(monkeypatch, two_threads_al
 def test_the_thread_count_does_not_change_the_history(fashion_mnist, monkeypatch):
     """MKL's strict mode (MKL_CBWR=AUTO,STRICT, set by train.py) makes each GEMM the same on 1 or 2
     threads, so whatever the ThreadChooser picks, the same seed gives the same numbers, to the last bit."""
-    if not train.gemms_reproducible_across_thread_counts():
+    if not threads.gemms_reproducible_across_thread_counts():
         pytest.skip("this torch has no MKL in strict mode (e.g. an ARM build): the chooser stays off there")
-    monkeypatch.setattr(train, 'gemms_reproducible_across_thread_counts', lambda: False)  # hold the count
+    monkeypatch.setattr(threads, 'gemms_reproducible_across_thread_counts', lambda: False)  # hold the count
     before = torch.get_num_threads()
     histories = []
     try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
+        for count in (1, 2):
+            torch.set_num_threads(count)
             config = train.Config(**dict(train.RECIPES['tuned'], epochs=2), device='cpu')
             history = train.train(config, train.new_model(config, torch.device('cpu')), fashion_mnist,
                                   torch.device('cpu'), log=lambda line: None)
-            assert {row['threads'] for row in history} == {threads}
+            assert {row['threads'] for row in history} == {count}
             histories.append([{k: v for k, v in row.items() if k not in ('seconds', 'threads')}
                               for row in history])
     finally:

@@ -5,7 +5,7 @@ module; it imports nothing of theirs, only data.py's class names.
 """
 import torch
 
-from cli import write_atomically
+from machinery.cli import write_atomically
 from data import TEXT_LABELS
 
 PNG_DPI = 110
@@ -338,7 +338,7 @@ def plot_predict(entries, total=None, model=''):
 
 
 def plot_confidence(calibration):
-    """confidence.png, from predict.calibration(probabilities, labels)'s dict, two panels:
+    """confidence.png, from machinery.metrics.calibration(probabilities, labels)'s dict, two panels:
 
     (a) reliability diagram: accuracy against mean confidence in each confidence bin, the diagonal, the
         number of examples per bin underneath, and the expected calibration error;
