@@ -88,27 +88,6 @@ def _has_all_files(folder):
     return all(_locate(name, folder) for images, labels, _ in SPLITS.values() for name in (images, labels))
 
 
-def _not_a_file(path):
-    """Why `path`, which exists under a data file's name, is not a regular file; None when it is one.
-
-    Asked before anything is opened: a FIFO would block open() until a writer came, a device such as
-    /dev/zero would hand out bytes forever, and opening some devices does something by itself."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        if os.path.islink(path):
-            return f"is a link to {os.readlink(path)}, which does not exist"
-        return "does not exist"
-    except OSError as error:
-        return f"cannot be examined ({error.strerror or error})"
-    if stat.S_ISREG(mode):
-        return None
-    kinds = [(stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISCHR, 'a device'),
-             (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket')]
-    kind = next((name for test, name in kinds if test(mode)), 'not a regular file')
-    return f"is {kind}, not a file"
-
-
 def _missing_files(folder):
     """What keeps `folder` from being a data folder: one phrase per missing or unusable file, or []."""
     lacking, unusable = [], []
@@ -116,7 +95,7 @@ def _missing_files(folder):
         for name in (images, labels):
             if _locate(name, folder):
                 continue
-            odd = [f"has {candidate}, but it {_not_a_file(os.path.join(folder, candidate))}"
+            odd = [f"has {candidate}, but it {cli.not_a_regular_file(os.path.join(folder, candidate))}"
                    for candidate in (name, name + '.gz') if os.path.lexists(os.path.join(folder, candidate))]
             if odd:
                 unusable += odd
@@ -188,7 +167,7 @@ def _open_idx(path):
 
     Only a regular file is opened, and it is opened non-blocking so that a FIFO swapped in after the check
     cannot hang us; fstat then confirms what was opened (O_NONBLOCK changes nothing for a regular file)."""
-    problem = _not_a_file(path)
+    problem = cli.not_a_regular_file(path)
     if problem:
         raise DataError(f"{path}: {problem}; expected a Fashion-MNIST data file")
     try:

@@ -27,6 +27,7 @@ import fcntl
 import math
 import os
 import signal
+import stat
 import struct
 import sys
 import tempfile
@@ -215,6 +216,26 @@ def write_text(path, text):
         with open(tmp, 'w', newline='') as f:
             f.write(text)
     write_atomically(path, write)
+
+
+def not_a_regular_file(path, what='a file'):
+    """Why `path` is not a regular file to read, as the end of a sentence ("is a FIFO (named pipe), not a
+    file"); None when it is one. Asked before opening: a FIFO would block open() until a writer came, a
+    device such as /dev/zero would hand out bytes forever, and opening some devices does something."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"is a link to {os.readlink(path)}, which does not exist"
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be examined ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = [(stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISCHR, 'a device'),
+             (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket')]
+    kind = next((name for test, name in kinds if test(mode)), 'not a regular file')
+    return f"is {kind}, not {what}"
 
 
 def prepare_out_dir(out, flag='--out'):
