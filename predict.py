@@ -39,7 +39,7 @@ import warnings
 import numpy as np
 import torch
 
-from machinery import plots
+from machinery import plots, plots_predict
 from machinery.metrics import calibration  # noqa: F401 -- predict.calibration, as before
 from data import IMAGE_SIZE, TEXT_LABELS
 from model import CheckpointError, load_checkpoint
@@ -349,7 +349,7 @@ def main(argv=None):
                         probabilities=p.tolist()) for path, original, pixels, p in zip(paths, originals, seen, probs)]
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # e.g. a file name in a script the font lacks: a box, not a warning
-            figure = plots.plot_predict(entries, total=len(paths), model=describe(args.model, checkpoint))
+            figure = plots_predict.plot_predict(entries, total=len(paths), model=describe(args.model, checkpoint))
             plots.save_figure(figure, figure_path)
     return cli.EXIT_BAD_INPUT if failed else cli.EXIT_DONE
 

@@ -41,7 +41,7 @@ import torch
 import train
 
 import data
-from machinery import plots
+from machinery import plots, plots_sweep
 from machinery.cli import EXIT_INTERRUPTED, InputError, OutputError, write_text
 
 DEFAULT_LRS = [0.01, 0.03, 0.1, 0.3, 1.0]
@@ -344,7 +344,7 @@ def draw_figures(sweep, rows):
     if not runs:
         return []
     what = f"{sweep.recipe} recipe, {sweep.loss} loss, {sweep.epochs} epochs"
-    plots.save_figure(plots.plot_sweep_heatmap(runs, f"final test accuracy ({what})"),
+    plots.save_figure(plots_sweep.plot_sweep_heatmap(runs, f"final test accuracy ({what})"),
                       os.path.join(sweep.out, 'sweep.png'))
     batch_sizes = sorted({run['batch_size'] for run in runs})
     batch_size = min(batch_sizes, key=lambda size: (abs(math.log(size / CURVES_BATCH_SIZE)), size))
@@ -360,7 +360,7 @@ def draw_figures(sweep, rows):
     seeds = sorted({seed for seed, _, _ in curves.values()})
     title = (f"test loss and accuracy at batch size {batch_size}, one line per learning rate "
              f"(seed {', '.join(map(str, seeds))}; {what})")
-    plots.save_figure(plots.plot_sweep_curves({lr: (history, status) for lr, (_, history, status) in curves.items()},
+    plots.save_figure(plots_sweep.plot_sweep_curves({lr: (history, status) for lr, (_, history, status) in curves.items()},
                                               title), os.path.join(sweep.out, 'sweep_curves.png'))
     return ['sweep.png', 'sweep_curves.png']
 

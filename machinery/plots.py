@@ -1,7 +1,8 @@
-"""Every figure of the collection, drawn with matplotlib's object API (no pyplot state, no display).
+"""The training run's figures, drawn drawn with matplotlib's object API (no pyplot state, no display).
 
 Each function returns a matplotlib Figure; save_figure writes it atomically. The scripts import this
-module; it imports nothing of theirs, only data.py's class names.
+module; it imports nothing of theirs, only data.py's class names. sweep.py's figures are in
+plots_sweep.py, predict.py's in plots_predict.py.
 """
 import torch
 
@@ -16,7 +17,7 @@ def save_figure(figure, path):
     write_atomically(path, lambda tmp: figure.savefig(tmp, format='png', dpi=PNG_DPI))
 
 
-def _new_figure(width, height, layout='constrained'):
+def new_figure(width, height, layout='constrained'):
     from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
     return Figure(figsize=(width, height), layout=layout)
 
@@ -24,7 +25,7 @@ def _new_figure(width, height, layout='constrained'):
 def plot_curves(histories, title):
     """Loss and accuracy against epoch, train solid and test dashed; one colour per run in `histories`."""
     # Redrawn after every epoch: a fixed layout renders in half the time of a layout engine.
-    figure = _new_figure(10, 4.2, layout=None)
+    figure = new_figure(10, 4.2, layout=None)
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.84 - 0.05 * title.count('\n'),
                            wspace=0.22)
     loss_axes, acc_axes = figure.subplots(1, 2)
@@ -70,7 +71,7 @@ def plot_predictions(images, labels, predicted, count=24, columns=8):
     from matplotlib.patches import Rectangle
     count = min(count, len(images))
     rows = -(-count // columns)
-    figure = _new_figure(columns * 1.3, rows * 1.6 + 0.4, layout=None)
+    figure = new_figure(columns * 1.3, rows * 1.6 + 0.4, layout=None)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9)
     axes = figure.subplots()
     image, corners = _mosaic(images[:count].reshape(-1, 28, 28), columns, band=18, gap=6, fill=0.0)
@@ -90,7 +91,7 @@ def plot_predictions(images, labels, predicted, count=24, columns=8):
 
 def plot_weights(W):
     """Each column of W, a (784,) template, as a 28x28 image: red pixels vote for the class, blue against."""
-    figure = _new_figure(12, 5.4, layout=None)
+    figure = new_figure(12, 5.4, layout=None)
     figure.subplots_adjust(left=0.01, right=0.97, bottom=0.02, top=0.9)
     axes = figure.subplots()
     limit = float(W.abs().max())
@@ -108,7 +109,7 @@ def plot_weights(W):
 def plot_confusion(labels, predicted):
     """10x10 counts: row = true class, column = predicted class; the diagonal is what was right."""
     confusion = torch.bincount(labels * 10 + predicted, minlength=100).reshape(10, 10)
-    figure = _new_figure(8, 7, layout=None)
+    figure = new_figure(8, 7, layout=None)
     figure.subplots_adjust(left=0.17, right=0.98, bottom=0.16, top=0.95)
     axes = figure.subplots()
     axes.imshow(confusion.numpy(), cmap='Blues')
@@ -134,7 +135,7 @@ def plot_stability(scales, table):
     A nan or inf cannot be drawn on a log axis, so it is marked in a band at the top.
     """
     import math
-    fig = _new_figure(9, 6, layout='tight')
+    fig = new_figure(9, 6, layout='tight')
     ax = fig.subplots()
     # the broken stages underneath as wide translucent bands, so the lines on top stay visible where
     # every stage agrees (s = 1)
@@ -184,159 +185,6 @@ def plot_stability(scales, table):
     return fig
 
 
-def plot_sweep_heatmap(runs, title):
-    """sweep.py's grid: final test accuracy, learning rate (rows, growing upwards) against batch size.
-
-    runs: one dict per run with lr, batch_size, status ('finished' or 'diverged') and final_test_acc. A cell
-    with several runs (seeds) shows mean ± std; a cell where a run diverged is hatched and says so; a
-    (lr, batch size) pair that was not run is left blank; the best cell is outlined in red.
-    """
-    import statistics
-    import matplotlib
-    import numpy as np
-    from matplotlib.patches import Rectangle
-    lrs = sorted({run['lr'] for run in runs})
-    sizes = sorted({run['batch_size'] for run in runs})
-    cells = {}
-    for run in runs:
-        cells.setdefault((lrs.index(run['lr']), sizes.index(run['batch_size'])), []).append(run)
-    means = np.full((len(lrs), len(sizes)), np.nan)  # nan: diverged or not run, drawn white
-    for (i, j), cell in cells.items():
-        if all(run['status'] == 'finished' for run in cell):
-            means[i, j] = statistics.fmean(run['final_test_acc'] for run in cell)
-    figure = _new_figure(1.5 * len(sizes) + 3.2, 0.72 * len(lrs) + 2.0)
-    axes = figure.subplots()
-    finite = means[np.isfinite(means)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if high - low < 1e-3:
-        low, high = low - 0.005, high + 0.005
-    cmap = matplotlib.colormaps['viridis'].with_extremes(bad='white')
-    image = axes.imshow(means, cmap=cmap, vmin=low, vmax=high, origin='lower', aspect='auto')
-    several = any(len(cell) > 1 for cell in cells.values())
-    for (i, j), cell in cells.items():
-        diverged = sum(run['status'] == 'diverged' for run in cell)
-        if diverged:
-            axes.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor='0.85', edgecolor='0.6',
-                                     hatch='///', linewidth=0))
-            text = 'diverged' + (f"\n({diverged} of {len(cell)} seeds)" if len(cell) > 1 else '')
-            axes.text(j, i, text, ha='center', va='center', fontsize=9, color='darkred', fontweight='bold',
-                      bbox=dict(facecolor='0.85', edgecolor='none', pad=1))
-            continue
-        accs = [run['final_test_acc'] for run in cell]
-        text = f"{means[i, j]:.4f}" + (f"\n± {statistics.stdev(accs):.4f}" if len(accs) > 1 else '')
-        dark = (means[i, j] - low) / (high - low) < 0.55  # viridis is dark at the low end
-        axes.text(j, i, text, ha='center', va='center', fontsize=10, color='white' if dark else 'black')
-    if finite.size:
-        i, j = np.unravel_index(np.nanargmax(means), means.shape)
-        axes.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor='red', linewidth=3))
-        title += f"\nbest (outlined in red): lr {lrs[i]:g}, batch size {sizes[j]}: {means[i, j]:.4f}"
-    axes.set_xticks(range(len(sizes)), [str(size) for size in sizes])
-    axes.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
-    axes.set(xlabel='batch size', ylabel='learning rate')
-    figure.colorbar(image, ax=axes, label='final test accuracy' + (' (mean over seeds)' if several else ''))
-    axes.set_title(title + ('\n(mean ± std over seeds)' if several else ''), fontsize=10)
-    return figure
-
-
-def plot_sweep_curves(histories, title):
-    """sweep.py's learning curves: test loss and test accuracy against epoch, one line per learning rate.
-
-    histories: {lr: (history rows as train.py writes them, status)}. Colours run from dark (small lr) to
-    bright (large lr); a run that diverged ends in a cross and its legend entry says in which epoch.
-    """
-    import matplotlib
-    import matplotlib.ticker
-    lrs = sorted(histories)
-    labels = {lr: f"lr {lr:g}" + (f", diverged in epoch {len(histories[lr][0]) + 1}"
-                                  if histories[lr][1] == 'diverged' else '') for lr in lrs}
-    # A fixed layout, with a right margin as wide as the legend's longest label in 9-point text: it
-    # renders in about half the time of the layout engine.
-    width, legend_inches = 12, 0.75 + 0.068 * max(map(len, labels.values()), default=0)
-    figure = _new_figure(width, 4.6, layout=None)
-    figure.subplots_adjust(left=0.06, right=1 - (legend_inches + 0.1) / width, bottom=0.12, top=0.86,
-                           wspace=0.22)
-    loss_axes, acc_axes = figure.subplots(1, 2)
-    for index, lr in enumerate(lrs):
-        history, status = histories[lr]
-        color = matplotlib.colormaps['plasma'](0.85 * index / max(1, len(lrs) - 1))
-        marker = 'os^Dv<>p'[index % 8]  # neighbouring colours of the map are close: the markers tell them apart
-        epochs = [row['epoch'] for row in history]
-        for axes, key in ((loss_axes, 'test_loss'), (acc_axes, 'test_acc')):
-            values = [row[key] for row in history]
-            axes.plot(epochs, values, '-', marker=marker, color=color, markersize=4, label=labels[lr],
-                      markevery=max(1, len(epochs) // 12))
-            if status == 'diverged':
-                axes.plot(epochs[-1:], values[-1:], 'x', color=color, markersize=10, markeredgewidth=2.5)
-    # log scale: a too-large learning rate's test loss is several times the others', which flattens them
-    loss_axes.set(xlabel='epoch', ylabel='test cross-entropy loss (log scale)', title='test loss', yscale='log')
-    acc_axes.set(xlabel='epoch', ylabel='test accuracy', title='test accuracy')
-    for axes in (loss_axes, acc_axes):
-        axes.grid(alpha=0.3, which='both')
-        axes.xaxis.get_major_locator().set_params(integer=True)
-    # Plain numbers on the log axis (0.5, not 5 x 10^-1). Minor ticks are labelled while they fit: all of
-    # them over a factor of 3, those starting with 2, 3 or 5 over two decades, none beyond.
-    bottom, top = loss_axes.get_ylim()
-    minor_digits = '123456789' if top / bottom < 3 else '235' if top / bottom < 100 else ''
-    loss_axes.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    loss_axes.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
-        lambda value, _: f"{value:g}" if f"{value:e}"[0] in minor_digits else ''))
-    figure.legend(*loss_axes.get_legend_handles_labels(), loc='center right', bbox_to_anchor=(0.995, 0.5),
-                  fontsize=9)  # beside the curves, never on them
-    figure.suptitle(title, fontsize=11)
-    return figure
-
-
-def _short(name, limit=24):
-    """A file name cut in the middle to fit above a small image."""
-    return name if len(name) <= limit else name[:limit // 2 - 1] + '…' + name[-(limit // 2):]
-
-
-def plot_predict(entries, total=None, model=''):
-    """predict.py's figure: per image the original, the 28x28 the model saw, its ten probabilities.
-
-    entries: dicts with 'name' (str), 'original' ((h, w, 3) uint8, a thumbnail), 'seen' ((28, 28) uint8,
-    the model's input: light item on black) and 'probabilities' (10 floats); total: how many images
-    were predicted, when only the first len(entries) are drawn; model: what predicted, for the title.
-    """
-    count = len(entries)
-    total = total or count
-    columns = 1 if count <= 4 else 2
-    rows = -(-count // columns)
-    figure = _new_figure(7.4 * columns, 1.95 * rows + 0.8)
-    # per image: original | model input | probabilities, and a spacer between the two columns of images
-    grid = figure.add_gridspec(rows, 4 * columns - 1, width_ratios=([1, 1, 2.3, 0.25] * columns)[:-1])
-    for index, entry in enumerate(entries):
-        row, column = divmod(index, columns)
-        original, seen, bars = (figure.add_subplot(grid[row, 4 * column + k]) for k in range(3))
-        original.imshow(entry['original'])
-        original.set_title(_short(entry['name']), fontsize=7)
-        seen.imshow(entry['seen'], cmap='gray', vmin=0, vmax=255)
-        seen.set_title('model input 28×28', fontsize=7)
-        for axes in (original, seen):  # a frame, so that a photo's white background shows where it ends
-            axes.set_xticks([])
-            axes.set_yticks([])
-            for spine in axes.spines.values():
-                spine.set(color='lightgray', linewidth=0.8)
-        probabilities = entry['probabilities']
-        best = max(range(len(probabilities)), key=probabilities.__getitem__)
-        bars.barh(range(len(TEXT_LABELS)), probabilities, height=0.7,
-                  color=['tab:orange' if k == best else 'silver' for k in range(len(TEXT_LABELS))])
-        bars.text(min(probabilities[best], 0.75) + 0.02, best, f"{probabilities[best]:.1%}", va='center', fontsize=7)
-        bars.set_yticks(range(len(TEXT_LABELS)), TEXT_LABELS, fontsize=7)
-        bars.invert_yaxis()  # t-shirt on top, label order
-        bars.set_xlim(0, 1)
-        bars.set_xticks([0, 0.5, 1], ['0', '50%', '100%'], fontsize=7)
-        bars.set_title(f"predicted: {TEXT_LABELS[best]}", fontsize=9)
-        bars.grid(axis='x', alpha=0.3)
-    title = f"predict.py: {count} image{'s' if count > 1 else ''}, model {model}" if model else \
-        f"predict.py: {count} image{'s' if count > 1 else ''}"
-    if total > count:
-        title = f"predict.py: the first {count} of {total} images (all {total} are in the printed output)" + \
-            (f"\nmodel {model}" if model else '')
-    figure.suptitle(title, fontsize=10)
-    return figure
-
-
 def plot_confidence(calibration):
     """confidence.png, from machinery.metrics.calibration(probabilities, labels)'s dict, two panels:
 
@@ -346,7 +194,7 @@ def plot_confidence(calibration):
         threshold that reaches the target accuracy (95%) marked.
     """
     # a fixed layout: a layout engine would draw the figure twice, and this one is drawn after every run
-    figure = _new_figure(12, 5.4, layout=None)
+    figure = new_figure(12, 5.4, layout=None)
     grid = figure.add_gridspec(2, 2, height_ratios=[3, 1.1], left=0.06, right=0.985, bottom=0.1, top=0.88,
                                wspace=0.17, hspace=0.08)
     reliability = figure.add_subplot(grid[0, 0])

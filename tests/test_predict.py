@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from machinery import cli
-from machinery import plots
+from machinery import plots, plots_predict
 import predict
 import train
 from data import TEXT_LABELS
@@ -123,8 +123,8 @@ def drawn(monkeypatch):
 
     def plot_predict(entries, **kwargs):
         calls.append((entries, kwargs))
-        return plots._new_figure(1, 1)
-    monkeypatch.setattr(plots, 'plot_predict', plot_predict)
+        return plots.new_figure(1, 1)
+    monkeypatch.setattr(plots_predict, 'plot_predict', plot_predict)
     return calls
 
 
@@ -469,10 +469,10 @@ def test_the_figure_draws_at_most_twelve_images_and_says_so(boot):
     photo = np.asarray(boot[0].resize((80, 60)))
     entries = [dict(name=f"photo{k}.jpg", original=photo, seen=np.zeros((28, 28), np.uint8),
                     probabilities=[0.1] * 10) for k in range(predict.MAX_SHOWN)]
-    figure = plots.plot_predict(entries, total=40, model='model.pt')
+    figure = plots_predict.plot_predict(entries, total=40, model='model.pt')
     assert len(figure.axes) == 3 * predict.MAX_SHOWN
     assert 'the first 12 of 40 images' in figure._suptitle.get_text()
-    single = plots.plot_predict(entries[:1], model='model.pt')
+    single = plots_predict.plot_predict(entries[:1], model='model.pt')
     assert len(single.axes) == 3 and '1 image,' in single._suptitle.get_text()
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from machinery import cli
 import data
-from machinery import plots
+from machinery import plots, plots_sweep
 import sweep
 import train
 from helpers import assert_one_line_error, finish
@@ -160,7 +160,7 @@ def test_the_heatmap_labels_every_cell_marks_divergence_and_outlines_the_best():
             for lr, batch_size, seed, status, acc in [
                 (0.1, 256, 0, 'finished', 0.82), (0.1, 256, 1, 'finished', 0.84), (0.1, 1024, 0, 'finished', 0.78),
                 (1.0, 256, 0, 'diverged', None), (1.0, 256, 1, 'finished', 0.7), (0.01, 1024, 0, 'finished', 0.6)]]
-    figure = plots.plot_sweep_heatmap(runs, 'test')
+    figure = plots_sweep.plot_sweep_heatmap(runs, 'test')
     axes = figure.axes[0]
     texts = sorted(text.get_text() for text in axes.texts)
     assert texts == ['0.6000', '0.7800', '0.8300\n± 0.0141', 'diverged\n(1 of 2 seeds)']  # (0.01, 256): not run
