@@ -456,7 +456,7 @@ def test_interrupted_is_exit_130_one_line_and_no_partial_file(where, checkpoints
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # as Ctrl-C or kill at that moment
-    monkeypatch.setattr(*((predict, 'read_image') if where == 'reading' else (plots, 'plot_predict')), interrupted)
+    monkeypatch.setattr(*((predict, 'read_image') if where == 'reading' else (plots_predict, 'plot_predict')), interrupted)
     code, out, err = run([str(tmp_path / 'boot.png'), '--model', checkpoints['textbook'], '--out',
                           str(tmp_path / 'out')], capsys)
     assert code == 130 and err.strip() == 'interrupted'
