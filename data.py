@@ -286,6 +286,11 @@ def load_fashion_mnist(data_dir=None, device='cpu', download=True):
     return (*load_split('train', folder, device), *load_split('test', folder, device))
 
 
+def to_features(images):
+    """uint8 (N, 784) images -> float32 (N, 784) features in [0, 1]: X / 255, exactly ToTensor's scaling."""
+    return images.float().div_(255)
+
+
 def batches(images, labels, batch_size, generator=None):
     """Yield (X, y) minibatches covering every example exactly once, the last one possibly smaller.
 
@@ -306,7 +311,7 @@ def batches(images, labels, batch_size, generator=None):
         else:
             index = order[start:start + batch_size]
             rows, y = images.index_select(0, index), labels.index_select(0, index)
-        yield (rows if rows.is_floating_point() else rows.float().div_(255)), y
+        yield (rows if rows.is_floating_point() else to_features(rows)), y
 
 
 def build_parser():

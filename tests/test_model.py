@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import data
-from model import MAX_CHECKPOINT_BYTES, CheckpointError, SoftmaxRegression, load_checkpoint, main
+from machinery.records import MAX_CHECKPOINT_BYTES
+from model import CheckpointError, SoftmaxRegression, load_checkpoint, main
 
 
 def test_parameters_are_W_784_by_10_and_b_10():
@@ -199,7 +200,7 @@ BAD_CHECKPOINTS = {
     'state dict not a dict': (lambda p: _save({'model': [torch.zeros(784, 10)]}, p), "expected a dict with a 'model'"),
     'a list': (lambda p: _save([1, 2], p), "expected a dict with a 'model'"),
     'folder': (lambda p: p.mkdir() or p, 'is a folder, not a checkpoint file'),
-    'dev-zero': (lambda p: os.symlink('/dev/zero', p) or p, 'is not a regular file'),
+    'dev-zero': (lambda p: os.symlink('/dev/zero', p) or p, 'is a device, not a checkpoint file'),
     'dangling link': (lambda p: os.symlink(p.parent / 'gone', p) or p, 'which does not exist'),
     'empty file': (_write(b''), 'not a readable PyTorch checkpoint (the file is empty)'),
     'text': (_write(b'not a checkpoint at all'), 'not a readable PyTorch checkpoint (neither a zip archive'),
@@ -337,7 +338,7 @@ def test_model_py_prints_what_the_checkpoint_holds_and_its_test_accuracy(model_p
 @pytest.mark.parametrize('case, fragments', [
     ('nan weights', ['W holds 7840 non-finite values (nan or inf)']),
     ('a class of its own', ['refused to load: it asks for the Python object', 'NotATensor']),
-    ('fifo', ['fifo.pt: is not a regular file']),
+    ('fifo', ['fifo.pt: is a FIFO (named pipe), not a checkpoint file']),
 ])
 def test_model_py_refuses_bad_input_with_one_line_and_exit_2(model_py_runs, case, fragments):
     results, _, cwds, _ = model_py_runs
