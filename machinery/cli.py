@@ -12,9 +12,7 @@ A script follows one pattern, and gets all of the above from it:
     if __name__ == '__main__':
         cli.start()          # before the slow imports: a signal while torch imports is a clean exit 130
     import torch
-    ...
     def main(argv=None):     # returns an exit code; raises cli.InputError (or a subclass) for bad input
-        ...
     if __name__ == '__main__':
         sys.exit(cli.run(main))
 
@@ -152,11 +150,9 @@ def _on_main_thread():
 def signals_deferred():
     """Ctrl-C or kill during the block is remembered and acted on as soon as the block is done: a file
     being renamed into place, or a temporary file being cleaned up, is never cut short."""
-    if not _on_main_thread():
-        yield
-        return
     pending = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+                for sig in (STOP_SIGNALS if _on_main_thread() else ())}
     try:
         yield
     finally:
@@ -173,10 +169,7 @@ def signals_deferred():
 @contextlib.contextmanager
 def signals_ignored():
     """While the last files of a run are written, a second Ctrl-C (or kill) must not cut them short."""
-    if not _on_main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (STOP_SIGNALS if _on_main_thread() else ())}
     try:
         yield
     finally:
@@ -190,12 +183,30 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _why_not_written(error, folder):
+    """Why a write failed, to end "cannot write PATH: ...". A library writing from its own C code says
+    "disk full" in its own words (torch: "unexpected pos 1280 vs 1174"): the file system is asked."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    with contextlib.suppress(OSError):
+        space = os.statvfs(folder)
+        free = space.f_bfree if os.geteuid() == 0 else space.f_bavail  # root may use the reserved blocks
+        if free == 0 or space.f_ffree == 0:
+            return os.strerror(errno.ENOSPC)
+    return f"{type(error).__name__}: {_first_line(error)}"
+
+
+def _first_line(error):
+    return (str(error).strip().splitlines() or [''])[0][:300]
+
+
 def write_atomically(path, write):
     """Call write(tmp_path), then rename tmp over path: a reader, a crash or Ctrl-C sees the old file or the
-    new one, never half of one, and no temporary file is left behind. Raises OutputError naming `path`."""
+    new one, never half of one, and no temporary file is left. Any failure of the write (OSError, a full
+    disk, a library's own error) is OutputError("cannot write PATH: reason"); Ctrl-C passes through."""
     folder = os.path.dirname(path) or '.'
     with signals_deferred():
-        tmp = None
+        tmp = reason = None
         try:
             fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
             os.close(fd)
@@ -203,12 +214,22 @@ def write_atomically(path, write):
             os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
             os.replace(tmp, path)
         except BaseException as error:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-            if isinstance(error, OSError):
-                raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
-            raise
+            if isinstance(error, (KeyboardInterrupt, SystemExit, MemoryError, InputError)):
+                _remove(tmp)
+                raise
+            reason = _why_not_written(error, folder)  # asked before the temporary file frees its space
+        if reason is not None:
+            # Raised here, outside the except clause, so the OutputError does not carry the library's
+            # error as its context: that error's frames hold the writer (torch's keeps the temporary
+            # file open), and the space stays taken for as long as anyone holds the OutputError.
+            _remove(tmp)
+            raise OutputError(f"cannot write {path}: {reason}")
+
+
+def _remove(tmp):
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def write_text(path, text):
@@ -238,8 +259,38 @@ def not_a_regular_file(path, what='a file'):
     return f"is {kind}, not {what}"
 
 
-def prepare_out_dir(out, flag='--out'):
-    """Make the output folder and check it can be written, before any work starts."""
+FS_IOC_GETFLAGS, FS_IMMUTABLE_FL, FS_APPEND_FL = 0x80086601, 0x10, 0x20  # linux/fs.h (chattr's flags)
+
+
+def _cannot_replace(path):
+    """Why this run could not replace the existing file `path` with its own (a rename over it), or None."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"it cannot be examined ({error.strerror or error})"
+    if not stat.S_ISREG(info.st_mode):
+        return "something other than a file is in the way"
+    if not os.access(path, os.W_OK):  # mode bits alone do not stop a rename over it; chattr's flags do
+        flags, fd = 0, None
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            flags = struct.unpack('i', fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8))[:4])[0]
+        if fd is not None:
+            os.close(fd)
+        if flags & (FS_IMMUTABLE_FL | FS_APPEND_FL):
+            kind = 'immutable' if flags & FS_IMMUTABLE_FL else 'append-only'
+            return f"it is {kind} (chattr +{kind[0]}; chattr -{kind[0]} lifts that), so this run cannot replace it"
+        if os.geteuid() == 0:
+            return "it cannot be replaced (writing to it is refused even to root)"
+    return None
+
+
+def prepare_out_dir(out, outputs=(), flag='--out'):
+    """Make the output folder and check, before any work starts, that this run can write there: the folder
+    takes new files, and each of `outputs` (file names in it) that an earlier run left is a regular file
+    this run can replace. Otherwise OutputError naming the folder or the file, with nothing written."""
     if not out:
         raise OutputError(f"{flag} is empty; give a folder name, e.g. {flag} outputs")
     if os.path.islink(out) and not os.path.exists(out):
@@ -249,36 +300,47 @@ def prepare_out_dir(out, flag='--out'):
         raise OutputError(f"cannot write to output folder {out}: it is a file, not a folder")
     try:
         os.makedirs(out, exist_ok=True)
-        write_text(os.path.join(out, '.write-test'), '')
-        os.remove(os.path.join(out, '.write-test'))
-    except OutputError:
-        raise OutputError(f"cannot write to output folder {out}: permission denied or read-only") from None
+        with signals_deferred():  # a name of its own: two runs may be preparing the same folder at once
+            fd, probe = tempfile.mkstemp(dir=out, prefix='.write-test-')
+            os.close(fd)
+            os.unlink(probe)
     except OSError as error:
         raise OutputError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+    for name in outputs:
+        why = _cannot_replace(os.path.join(out, name))
+        if why:
+            raise OutputError(f"cannot write {os.path.join(out, name)}: {why}; nothing was written")
 
 
-_locks = []  # open lock files: a lock lasts as long as the process
+_locks = []  # descriptors of the locked output folders: a lock lasts as long as the process
+
+
+def _lock_holder(out):
+    """The pid of the process holding an flock on the folder `out`, from /proc/locks; None if unknown."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        info = os.stat(out)
+        inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        with open('/proc/locks') as f:  # "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF"
+            fields = next(fields for fields in map(str.split, f) if 'FLOCK' in fields and inode in fields)
+        return int(fields[fields.index(inode) - 1])
 
 
 def lock_out_dir(out, flag='--out'):
-    """Refuse a second run writing into the same folder at the same time (their files would interleave).
-    The lock is an flock on out/.lock, released by the system when the process ends, however it ends."""
-    path = os.path.join(out, '.lock')
+    """Refuse a second run writing into the same folder at once (their files would interleave). The flock
+    is on the folder itself (no file among the outputs); the system releases it however the process ends."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as error:
-        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+        raise OutputError(f"cannot use output folder {out}: {error.strerror or error}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
-        holder = os.pread(fd, 32, 0).decode(errors='replace').strip() or '?'
         os.close(fd)
         if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise OutputError(f"another run (process {holder}) is writing to {out}/ right now; "
-                              f"wait for it to finish or choose another {flag}") from None
-        raise OutputError(f"cannot lock {path}: {error.strerror or error}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            holder = _lock_holder(out)
+            raise OutputError(f"another run{f' (process {holder})' if holder else ''} is writing to {out}/ "
+                              f"right now; wait for it to finish or choose another {flag}") from None
+        raise OutputError(f"cannot lock output folder {out}: {error.strerror or error}") from None
     _locks.append(fd)
 
 
@@ -380,8 +442,7 @@ def run(main, argv=None):
         if os.environ.get('TRACEBACK'):
             import traceback
             traceback.print_exc()
-        first = (str(error).strip().splitlines() or [''])[0][:300]
-        say(f"error: unexpected {type(error).__name__}: {first} (run with TRACEBACK=1 to see where)")
+        say(f"error: unexpected {type(error).__name__}: {_first_line(error)} (run with TRACEBACK=1 to see where)")
         code = EXIT_DIVERGED
     finally:
         with contextlib.suppress(ValueError, OSError):

@@ -44,6 +44,7 @@ class Diverged(Exception):
 
 
 def epochs(count):
+    """'1 epoch', '2 epochs'."""
     return f"{count} epoch{'' if count == 1 else 's'}"
 
 
@@ -116,7 +117,7 @@ def write_final_figures(out, model, test_images, test_labels):
 def earlier_run_note(out, kept):
     """What to say about the folder when this run kept nothing of its own."""
     if kept:
-        return f"{kept} finished epoch(s) kept in {out}/"
+        return f"{kept} finished {'epoch' if kept == 1 else 'epochs'} kept in {out}/"
     if any(os.path.exists(os.path.join(out, name)) for name in ('metrics.json', 'history.csv', 'model.pt')):
         return f"no epoch finished, so nothing was kept; the files in {out}/ are an earlier run's"
     return "no epoch finished, so nothing was kept"
@@ -139,10 +140,11 @@ def run(config, datasets, device, train, model):
 
     def on_epoch(history, model_):
         nonlocal next_curves
-        save_checkpoint(os.path.join(config.out, 'model.pt'), model_, config, history)
-        write_text(os.path.join(config.out, 'history.csv'), history_csv(history))
-        write_metrics(config.out, config, history, device, 'running', started)
-        written.update(history=list(history), model=copy.deepcopy(model_))
+        with cli.signals_deferred():  # the three files and the note of them go together
+            save_checkpoint(os.path.join(config.out, 'model.pt'), model_, config, history)
+            write_text(os.path.join(config.out, 'history.csv'), history_csv(history))
+            write_metrics(config.out, config, history, device, 'running', started)
+            written.update(history=list(history), model=copy.deepcopy(model_))
         if time.monotonic() >= next_curves:
             write_curves(config.out, config, history)
             written['drawn'], next_curves = len(history), time.monotonic() + CURVES_EVERY_SECONDS
@@ -166,7 +168,7 @@ def run(config, datasets, device, train, model):
             attempt(lambda: save_checkpoint(os.path.join(config.out, 'model.pt'), model_, config, history,
                                             calibration))
             if failures and not status.startswith('failed'):
-                status = f"{status}, then failed: {failures[0]}"
+                status = f"failed: {failures[0]} (training itself {status})"
             metrics_written = attempt(lambda: write_metrics(config.out, config, history, device, status, started,
                                                             calibration and {'calibration': calibration})
                                       or True)
@@ -222,7 +224,7 @@ def compare(config, datasets, device, train, initial):
             except Diverged as error:
                 diverged[loss] = str(error)
                 kept = len(histories.get(loss, []))
-                print(f"{loss} loss diverged at {error}; its {kept} finished epoch(s) are in {history_path}")
+                print(f"{loss} loss diverged at {error}; its finished epochs ({kept}) are in {history_path}")
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     with cli.signals_ignored():
