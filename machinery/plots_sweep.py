@@ -1,5 +1,55 @@
 """sweep.py's figures: the grid's heatmap and its test curves (matplotlib's object API)."""
-from machinery.plots import new_figure
+import math
+import os
+
+from machinery.plots import new_figure, save_figure
+
+CURVES_BATCH_SIZE = 256  # sweep_curves.png shows this batch size (the book's), or the nearest one swept
+MAX_CURVES = 10  # sweep_curves.png draws at most this many learning rates: more lines and no one reads it
+MAX_LABELLED = 12  # the heatmap writes each cell's value while an axis has at most this many values
+
+
+def choose_curves(runs):
+    """What sweep_curves.png shows of `runs` (dicts with lr, batch_size, seed): (the batch size nearest the
+    book's 256, the lowest seed's run of at most MAX_CURVES of its learning rates, evenly spaced with the
+    smallest and the largest, and how many learning rates that batch size has)."""
+    batch_size = min({run['batch_size'] for run in runs},
+                     key=lambda size: (abs(math.log(size / CURVES_BATCH_SIZE)), size))
+    lowest_seed = {}
+    for run in sorted(runs, key=lambda run: (run['lr'], run['seed'])):
+        if run['batch_size'] == batch_size:
+            lowest_seed.setdefault(run['lr'], run)
+    lrs = sorted(lowest_seed)
+    if len(lrs) > MAX_CURVES:
+        lrs = sorted({lrs[round(i * (len(lrs) - 1) / (MAX_CURVES - 1))] for i in range(MAX_CURVES)})
+    return batch_size, [lowest_seed[lr] for lr in lrs], len(lowest_seed)
+
+
+def save_sweep_figures(runs, what, folder, attempt, history_of):
+    """sweep.png and sweep_curves.png of `runs` (one dict per run, sweep.csv's columns) in `folder`, each
+    saved through attempt(save, name), which may report a failure and go on. history_of(run): the run's
+    history rows, or None when they cannot be read (its line is left out). `what`: the runs' settings."""
+    attempt(lambda: save_figure(plot_sweep_heatmap(runs, f"final test accuracy ({what})"),
+                                os.path.join(folder, 'sweep.png')), 'sweep.png')
+    batch_size, chosen, lrs = choose_curves(runs)
+    curves = {}  # lr -> (history, status)
+    for run in chosen:
+        history = history_of(run)
+        if history is not None:
+            curves[run['lr']] = (history, run['status'])
+    if not any(history for history, _ in curves.values()):
+        return
+    seeds = ', '.join(sorted({str(run['seed']) for run in chosen if run['lr'] in curves}, key=int))
+    lines = f"{len(chosen)} of its {lrs} learning rates, evenly spaced" if len(chosen) < lrs else "learning rate"
+    title = f"test loss and accuracy at batch size {batch_size}, one line per {lines} (seed {seeds}; {what})"
+    attempt(lambda: save_figure(plot_sweep_curves(curves, title), os.path.join(folder, 'sweep_curves.png')),
+            'sweep_curves.png')
+
+
+def thinned_ticks(axis, labels):
+    """At most MAX_LABELLED tick labels along `axis`, evenly spaced: the cells of a long axis stay readable."""
+    positions = sorted({round(i * (len(labels) - 1) / max(1, MAX_LABELLED - 1)) for i in range(MAX_LABELLED)})
+    axis.set_ticks(positions, [labels[i] for i in positions])
 
 
 def plot_sweep_heatmap(runs, title):
@@ -7,7 +57,8 @@ def plot_sweep_heatmap(runs, title):
 
     runs: one dict per run with lr, batch_size, status ('finished' or 'diverged') and final_test_acc. A cell
     with several runs (seeds) shows mean ± std; a cell where a run diverged is hatched and says so; a
-    (lr, batch size) pair that was not run is left blank; the best cell is outlined in red.
+    (lr, batch size) pair that was not run is left blank; the best cell is outlined in red. A grid with
+    more than MAX_LABELLED values along an axis is drawn as colours alone, in a figure of bounded size.
     """
     import statistics
     import matplotlib
@@ -22,7 +73,8 @@ def plot_sweep_heatmap(runs, title):
     for (i, j), cell in cells.items():
         if all(run['status'] == 'finished' for run in cell):
             means[i, j] = statistics.fmean(run['final_test_acc'] for run in cell)
-    figure = new_figure(1.5 * len(sizes) + 3.2, 0.72 * len(lrs) + 2.0)
+    labelled = len(lrs) <= MAX_LABELLED and len(sizes) <= MAX_LABELLED
+    figure = new_figure(max(min(1.5 * len(sizes), 18), 1.5 if labelled else 6) + 3.2, min(0.72 * len(lrs), 9) + 2.0)
     axes = figure.subplots()
     finite = means[np.isfinite(means)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -31,7 +83,7 @@ def plot_sweep_heatmap(runs, title):
     cmap = matplotlib.colormaps['viridis'].with_extremes(bad='white')
     image = axes.imshow(means, cmap=cmap, vmin=low, vmax=high, origin='lower', aspect='auto')
     several = any(len(cell) > 1 for cell in cells.values())
-    for (i, j), cell in cells.items():
+    for (i, j), cell in cells.items() if labelled else ():
         diverged = sum(run['status'] == 'diverged' for run in cell)
         if diverged:
             axes.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor='0.85', edgecolor='0.6',
@@ -48,8 +100,15 @@ def plot_sweep_heatmap(runs, title):
         i, j = np.unravel_index(np.nanargmax(means), means.shape)
         axes.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor='red', linewidth=3))
         title += f"\nbest (outlined in red): lr {lrs[i]:g}, batch size {sizes[j]}: {means[i, j]:.4f}"
-    axes.set_xticks(range(len(sizes)), [str(size) for size in sizes])
-    axes.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+    if not labelled:  # diverged cells in grey; ticks thinned out
+        diverged = np.array([[any(run['status'] == 'diverged' for run in cells.get((i, j), ()))
+                              for j in range(len(sizes))] for i in range(len(lrs))])
+        axes.imshow(np.where(diverged, 1.0, np.nan), cmap=matplotlib.colormaps['Greys'], vmin=0, vmax=1.6,
+                    origin='lower', aspect='auto')
+        title += (f"\n{len(lrs)} learning rate{'s' * (len(lrs) > 1)} x {len(sizes)} batch size"
+                  f"{'s' * (len(sizes) > 1)}: too many cells to write each value\n(each is in sweep.csv); grey: diverged")
+    thinned_ticks(axes.xaxis, [str(size) for size in sizes])
+    thinned_ticks(axes.yaxis, [f"{lr:g}" for lr in lrs])
     axes.set(xlabel='batch size', ylabel='learning rate')
     figure.colorbar(image, ax=axes, label='final test accuracy' + (' (mean over seeds)' if several else ''))
     axes.set_title(title + ('\n(mean ± std over seeds)' if several else ''), fontsize=10)

@@ -1,10 +1,40 @@
-"""What the tests that run a script as a user would share: waiting for it, and reading its one line."""
+"""What the tests that run a script as a user would share: where the scripts are, starting one, waiting
+for it, reading its one line, and the moments a signal is sent at."""
+import contextlib
+import csv
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def root_scripts():
+    """Every program at the repository's root (a .py file with a `__main__` block): the process contract's
+    test is parametrized over these, so a script added there is checked too."""
+    def is_program(name):
+        with open(os.path.join(ROOT, name), encoding='utf-8') as f:
+            return "if __name__ == '__main__':" in f.read()
+    return sorted(name for name in os.listdir(ROOT) if name.endswith('.py') and is_program(name))
+
+
+def start(script, *args, cwd=ROOT, env=None, shell_suffix='', **popen):
+    """`python SCRIPT ARGS` started with text pipes; shell_suffix (e.g. '> /dev/full 2>&-') runs it
+    through sh with those redirections."""
+    command = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
+    if shell_suffix:
+        command = ['sh', '-c', f'exec "$0" "$@" {shell_suffix}', *command]
+    streams = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(command, cwd=cwd, env=env, text=True, **{**streams, **popen})
 
 
 def finish(process, timeout=300):
     """(exit code, stdout, stderr) of a started subprocess.Popen with text pipes."""
     out, err = process.communicate(timeout=timeout)
-    return process.returncode, out, err
+    return process.returncode, out or '', err or ''
 
 
 def assert_one_line_error(err, *fragments):
@@ -14,3 +44,43 @@ def assert_one_line_error(err, *fragments):
     assert len(lines) == 1, err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def no_temporary_files(folder):
+    return [name for name in os.listdir(folder) if name.endswith('.tmp')] == []
+
+
+def read_csv(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def handlers_installed(pid):
+    """Whether process `pid` catches SIGTERM: cli.start() has run (Python alone catches only SIGINT)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open(f'/proc/{pid}/status') as f:
+            caught = int(next(line for line in f if line.startswith('SigCgt:')).split()[1], 16)
+        return bool(caught & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+def torch_is_loading(pid):
+    """Whether process `pid` has mapped libtorch: it is importing torch or past that."""
+    with contextlib.suppress(OSError):
+        with open(f'/proc/{pid}/maps') as maps:
+            return 'libtorch' in maps.read()
+    return False
+
+
+@contextlib.contextmanager
+def tiny_disk(kilobytes):
+    """A folder on a tmpfs of `kilobytes` KB, a disk that fills; None where mounting is not permitted."""
+    folder = tempfile.mkdtemp(prefix='tiny-disk-')
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={kilobytes}k', 'tmpfs', folder],
+                             capture_output=True).returncode == 0
+    try:
+        yield folder if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(['umount', '-l', folder], capture_output=True)
+        os.rmdir(folder)

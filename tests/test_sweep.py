@@ -6,40 +6,22 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from machinery import cli
 import data
-from machinery import plots, plots_sweep
 import sweep
 import train
-from helpers import assert_one_line_error, finish
+from helpers import (PNG_SIGNATURE, assert_one_line_error, finish, no_temporary_files, read_csv, start,
+                     tiny_disk)
+from machinery import cli, plots_sweep, records
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 SIX_DECIMALS = re.compile(r'^-?\d+\.\d{6}$')
-
-
-def read_csv(path):
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
 
 
 def without_seconds(history):
     return [{key: value for key, value in row.items() if key != 'seconds'} for row in history]
-
-
-def no_temporary_files(folder):
-    return [name for name in os.listdir(folder) if name.endswith('.tmp')] == []
-
-
-def start(script, *flags):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, script), *flags], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.fixture(scope='module')
@@ -79,7 +61,7 @@ def test_a_runs_config_is_the_one_train_py_builds_from_the_same_flags(recipe, lo
 
 def test_a_run_of_the_sweep_has_the_history_of_python_train_py(tmp_path, run_sweep):
     flags = ['--lr', '0.3', '--batch-size', '1024', '--epochs', '2']
-    process = start('train.py', *flags, '--seed', '1', '--device', 'cpu', '--out', str(tmp_path / 'train'))
+    process = start('train.py', *flags, '--seed', '1', '--device', 'cpu', '--out', tmp_path / 'train')
     code, trained = run_sweep(tmp_path / 'sweep', *flags, '--seeds', '2')  # seeds 0 and 1
     assert code == 0 and len(trained) == 2
     assert finish(process)[0] == 0
@@ -144,14 +126,14 @@ def test_every_run_keeps_its_history_under_a_name_that_says_which_run(grid_run):
             history = read_csv(out / f"history_lr{lr}_batch{batch_size}_seed0_1epochs_textbook_naive.csv")
             assert len(history) == (1 if lr == '0.1' else 0)  # a diverged run keeps its finished epochs: none
     with open(out / 'history_lr10_batch512_seed0_1epochs_textbook_naive.csv') as f:
-        assert f.read() == ','.join(train.HISTORY_COLUMNS) + '\n'
+        assert f.read() == ','.join(records.HISTORY_COLUMNS) + '\n'
 
 
 def test_sweep_json_holds_the_sweeps_configuration(grid_run):
     info = json.loads((grid_run[0] / 'sweep.json').read_text())
     assert info['status'] == 'finished' and info['runs_in_grid'] == 4 and info['runs_trained_now'] == 4
     assert info['config'] == dict(lr=[0.1, 10.0], batch_size=[512, 1024], epochs=1, seeds=1, recipe='textbook',
-                                  loss='naive', device='cpu', data_dir=None, out=str(grid_run[0]))
+                                  loss='naive', device='cpu', data_dir=None, out=str(grid_run[0]), yes=False)
     assert info['recipe_settings'] == train.RECIPES['textbook']
 
 
@@ -216,7 +198,7 @@ def test_ctrl_c_or_kill_keeps_finished_runs_redraws_the_figures_and_a_rerun_trai
     lrs = ['0.1', '0.2', '0.3', '0.4']
     grid = ['--lr', *lrs, '--batch-size', '1024', '--epochs', '1']
     folders = {sig: tmp_path / sig.name for sig in (signal.SIGINT, signal.SIGTERM)}
-    processes = {sig: start('sweep.py', *grid, '--device', 'cpu', '--out', str(folder))
+    processes = {sig: start('sweep.py', *grid, '--device', 'cpu', '--out', folder)
                  for sig, folder in folders.items()}  # side by side: each costs torch's import
     _signal_after_the_first_finished_run(processes, folders)
     for sig, process in processes.items():
@@ -292,7 +274,7 @@ def test_a_sweep_csv_that_is_not_one_is_refused_and_nothing_is_lost(tmp_path, ru
     assert why in str(error.value) and 'move it away or choose another --out' in str(error.value)
     assert (tmp_path / 'sweep.csv').read_bytes() == content
     assert (tmp_path / 'sweep.png').read_bytes() == b'an earlier figure'
-    assert sorted(os.listdir(tmp_path)) == ['.lock', 'sweep.csv', 'sweep.png']
+    assert sorted(os.listdir(tmp_path)) == ['sweep.csv', 'sweep.png']
 
 
 def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path, run_sweep):
@@ -303,6 +285,7 @@ def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path, run_sweep):
             run_sweep(tmp_path, '--lr', '0.1', '--batch-size', '1024', '--epochs', '1')
     finally:
         os.close(cli._locks.pop())
+    assert os.listdir(tmp_path) == []  # no .lock: the folder itself is locked
 
 
 def test_an_unwritable_out_or_missing_data_is_refused_before_training(tmp_path):
@@ -320,14 +303,74 @@ def test_an_unwritable_out_or_missing_data_is_refused_before_training(tmp_path):
         while len(cli._locks) > locks:
             os.close(cli._locks.pop())
     assert (tmp_path / 'out' / 'sweep.csv').read_text() == HEADER + '\n' + GOOD_ROW + '\n'
-    assert sorted(os.listdir(tmp_path / 'out')) == ['.lock', 'sweep.csv']
+    assert sorted(os.listdir(tmp_path / 'out')) == ['sweep.csv']
 
 
-def test_bad_input_as_a_process_is_one_line_and_exit_2(tmp_path):
-    """The same rule end to end, through cli.run (one process: each costs torch's import)."""
-    (tmp_path / 'sweep.csv').write_text('<html>502 Bad Gateway</html>\n')
-    code, stdout, err = finish(start('sweep.py', '--out', str(tmp_path), '--epochs', '1'))
-    assert code == 2
-    assert_one_line_error(err, f"error: {tmp_path / 'sweep.csv'} is not a sweep.csv written by sweep.py")
-    assert stdout == ''
-    assert (tmp_path / 'sweep.csv').read_text() == '<html>502 Bad Gateway</html>\n'
+# ------------------------------------------------------------------ faults at the edges (issue 20)
+
+def test_a_disk_that_fills_ends_the_sweep_with_a_status_that_says_so(run_sweep, capsys):
+    with tiny_disk(60) as disk:
+        if disk is None:
+            pytest.skip("mounting a tmpfs is not permitted here (needs root)")
+        code, trained = run_sweep(disk, '--lr', '0.1', '--batch-size', '1024', '--epochs', '1')
+        info = json.loads(open(os.path.join(disk, 'sweep.json')).read())
+        rows, names = read_csv(os.path.join(disk, 'sweep.csv')), os.listdir(disk)
+    err = capsys.readouterr().err
+    assert code == 2 and trained == [(0.1, 1024, 0, 1)]
+    assert_one_line_error(err, f"error: cannot write {disk}/", ": No space left on device", '1 run finished this time')
+    assert info['status'] == 'failed: ' + err.strip()[len('error: '):].split('; ')[0]
+    assert len(rows) == 1 and 'history_lr0.1_batch1024_seed0_1epochs_textbook_scratch.csv' in names
+    assert not [name for name in names if name.endswith('.tmp')]
+
+
+GIANT = ['--lr', *[f"0.{k:02d}" for k in range(1, 100)], '1', '--batch-size', *map(str, range(1, 101)),
+         '--seeds', '1000']
+
+
+def test_a_grid_that_cannot_be_meant_is_refused_with_its_size_and_time(tmp_path):
+    with pytest.raises(cli.InputError) as error:
+        sweep.main([*GIANT, '--out', str(tmp_path / 'never')])
+    message = str(error.value)
+    for fragment in ('10,000,000 runs to train (100 learning rates x 100 batch sizes x 1000 seeds, 10 epochs)',
+                     'years of training', 'add --yes'):
+        assert fragment in message, message
+    assert not (tmp_path / 'never').exists()
+
+
+def test_yes_insists_and_the_grid_is_never_listed_whole():
+    import tracemalloc
+    config = sweep.parse_config([*GIANT, '--yes'])
+    tracemalloc.start()
+    assert sweep.check_grid_size(config, {}) == 10_000_000
+    first = next(config.grid())
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert first == (0.01, 1, 0, 10, 'textbook', 'scratch') and peak < 10 * 2**20
+
+
+def test_runs_already_in_sweep_csv_are_not_counted_to_train():
+    config = sweep.parse_config(['--lr', '0.1', '0.3', '--batch-size', '1024', '--epochs', '1'])
+    done = {(0.1, 1024, 0, 1, 'textbook', 'scratch'): {}, (0.1, 1024, 0, 2, 'textbook', 'scratch'): {}}
+    assert sweep.check_grid_size(config, done) == 1
+    assert sweep.shape(config).endswith(', 1 epoch')
+
+
+def test_the_heatmap_of_a_large_grid_stays_readable_and_says_what_it_leaves_out():
+    runs = [dict(lr=lr, batch_size=size, seed=0, status='diverged' if lr == 1 and size < 59700 else 'finished',
+                 final_test_acc=None if lr == 1 and size < 59700 else 0.7 + size / 1e7)
+            for lr in (0.1, 1.0) for size in range(59601, 60001)]
+    figure = plots_sweep.plot_sweep_heatmap(runs, 'test')
+    axes = figure.axes[0]
+    width, height = figure.get_size_inches()
+    assert width <= 22 and height <= 12 and len(axes.texts) == 0
+    assert len(axes.get_xticklabels()) <= plots_sweep.MAX_LABELLED
+    assert [tick.get_text() for tick in axes.get_xticklabels()][::len(axes.get_xticklabels()) - 1] == ['59601', '60000']
+    assert 'too many cells to write each value' in axes.get_title() and 'grey: diverged' in axes.get_title()
+
+
+def test_the_curves_of_many_learning_rates_show_ten_evenly_spaced():
+    runs = [dict(lr=k / 100, batch_size=size, seed=seed, status='finished')
+            for k in range(1, 101) for size in (200, 1024) for seed in (1, 0)]
+    batch_size, chosen, lrs = plots_sweep.choose_curves(runs)
+    assert (batch_size, lrs, len(chosen)) == (200, 100, plots_sweep.MAX_CURVES)
+    assert chosen[0]['lr'] == 0.01 and chosen[-1]['lr'] == 1.0 and {run['seed'] for run in chosen} == {0}
