@@ -28,6 +28,7 @@ import contextlib
 import gzip
 import math
 import os
+import shutil
 import stat
 import zlib
 
@@ -284,6 +285,22 @@ def load_fashion_mnist(data_dir=None, device='cpu', download=True):
     """(train_images, train_labels, test_images, test_labels), uint8 (N, 784) and int64 (N,) on `device`."""
     folder = find_data_dir(data_dir, download=download)
     return (*load_split('train', folder, device), *load_split('test', folder, device))
+
+
+def torchvision_root(data_dir, work_dir):
+    """A copy of the data in the layout torchvision's FashionMNIST reads, work_dir/torchvision/FashionMNIST/
+    raw/<uncompressed files>, for the book's own pipeline (bench.py, exercises.py); returns its root."""
+    root = os.path.join(work_dir, 'torchvision')
+    raw = os.path.join(root, 'FashionMNIST', 'raw')
+    os.makedirs(raw)
+    for name in os.listdir(data_dir):
+        source = os.path.join(data_dir, name)
+        if name.endswith('.gz'):
+            with gzip.open(source) as f_in, open(os.path.join(raw, name[:-3]), 'wb') as f_out:
+                shutil.copyfileobj(f_in, f_out)
+        elif 'ubyte' in name:
+            shutil.copy(source, raw)
+    return root
 
 
 def to_features(images):

@@ -23,7 +23,7 @@ import time
 import torch
 
 import data
-from losses import LOSSES, correct_count, cross_entropy, cross_entropy_naive, cross_entropy_with_grad, softmax_naive
+from losses import LOSSES, correct_count, cross_entropy_with_grad
 from machinery import records
 from machinery.records import Diverged
 from machinery.steps import steps
@@ -129,11 +129,7 @@ def sgd_update(params, grads, velocities, lr, momentum=0.0, weight_decay=0.0):
 def example_losses(loss, O, y):
     """Each example's loss l_i = -log softmax(o_i)_{y_i} by the run's loss. O: (n, 10), y: (n,) -> (n,);
     the naive loss gives inf or nan where it overflows."""
-    if loss == 'naive':
-        return cross_entropy_naive(softmax_naive(O), y)
-    if loss == 'torch':
-        return torch.nn.functional.cross_entropy(O, y, reduction='none')
-    return cross_entropy(O, y, reduction='none')
+    return LOSSES[loss](O, y, reduction='none')
 
 
 def mean_loss(losses):

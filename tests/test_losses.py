@@ -1,19 +1,18 @@
-"""Tests for losses.py: the notes' worked examples, stability, and parity with torch."""
+"""Tests for losses.py: the notes' worked examples, stability, the closed-form gradient, torch's rules
+for bad input, and the demo. (cross_entropy's parity with F.cross_entropy: test_cross_entropy.py.)"""
 
-import functools
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
-from torch import nn
 
 from machinery import cli
 import losses
-from machinery import plots
-from losses import (LOSSES, STAGES, accuracy, correct_count, cross_entropy, cross_entropy_naive,
+from machinery import loss_demo, plots
+from machinery.loss_demo import STAGES
+from losses import (LOSSES, accuracy, correct_count, cross_entropy, cross_entropy_naive, cross_entropy_with_grad,
                     log_softmax, softmax, softmax_naive)
 
 # -----------------------------------------------------------------------------
@@ -101,6 +100,27 @@ def test_log_softmax_handles_masked_classes_like_torch():
     assert ours[2, 1] == 0
 
 
+def test_no_classes_give_an_empty_result_like_torch():
+    for shape, dim in (((3, 0), -1), ((0, 3), -1), ((3, 0, 2), 1)):
+        O = torch.empty(shape, requires_grad=True)
+        for ours, theirs in ((softmax, torch.softmax), (log_softmax, torch.log_softmax)):
+            result = ours(O, dim)
+            assert result.shape == theirs(O, dim).shape == shape
+            result.sum().backward()  # and a gradient, as empty as the input
+            assert O.grad.shape == shape
+
+
+@pytest.mark.parametrize('dtype', [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64], ids=str)
+def test_integer_logits_are_refused_like_torch(dtype):
+    O = torch.ones(2, 3, dtype=dtype)
+    for ours, theirs in ((softmax, torch.softmax), (log_softmax, torch.log_softmax)):
+        with pytest.raises(NotImplementedError) as torch_error:
+            theirs(O, -1)
+        type_name = str(torch_error.value).split(' for ')[-1]  # e.g. 'Long'
+        with pytest.raises(NotImplementedError, match=f'"{ours.__name__}" not implemented for {type_name}'):
+            ours(O)
+
+
 # -----------------------------------------------------------------------------
 # the naive cross-entropy breaks where the notes say
 
@@ -144,94 +164,7 @@ def test_losses_registry():
 
 
 # -----------------------------------------------------------------------------
-# cross_entropy against torch.nn.functional.cross_entropy
-
-
-@st.composite
-def cross_entropy_cases(draw):
-    """Random (input, target, keyword arguments) covering every option of F.cross_entropy."""
-    N = draw(st.integers(1, 64))
-    C = draw(st.integers(2, 20))
-    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
-    scale = draw(st.sampled_from([1e-2, 1.0, 10.0, 1e2, 1e3, 1e4]))
-    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
-    logits = torch.randn(N, C, dtype=dtype, generator=generator) * scale
-    kwargs = dict(reduction=draw(st.sampled_from(['none', 'mean', 'sum'])),
-                  label_smoothing=draw(st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0))))
-    if draw(st.booleans()):
-        kwargs['weight'] = torch.rand(C, dtype=dtype, generator=generator) * 2 + 0.1
-    target_kind = draw(st.sampled_from(['index', 'probability', 'one-hot']))
-    labels = torch.randint(0, C, (N,), generator=generator)
-    if target_kind == 'probability':
-        target = torch.softmax(torch.randn(N, C, dtype=dtype, generator=generator) * 3, 1)
-    elif target_kind == 'one-hot':
-        target = F.one_hot(labels, C).to(dtype)
-    else:
-        ignore_index = draw(st.sampled_from([-100, 0, C - 1]))
-        kwargs['ignore_index'] = ignore_index
-        if draw(st.booleans()):  # some (possibly all) targets are ignored
-            ignored = torch.rand(N, generator=generator) < draw(st.sampled_from([0.3, 1.0]))
-            labels = torch.where(ignored, ignore_index, labels)
-        target = labels
-    return logits, target, kwargs
-
-
-def assert_close_to_reference(ours, reference, precision=None):
-    """Compare within a tolerance scaled to the magnitude of the reference values.
-
-    precision: the dtype whose rounding limits the agreement (default ours'): float32 where any operand
-    was float32, even if the result was promoted to float64.
-    """
-    rtol = 2e-5 if (precision or ours.dtype) == torch.float32 else 1e-10
-    magnitude = reference.detach().nan_to_num(0.0).abs().max().item() if reference.numel() else 0.0
-    torch.testing.assert_close(ours, reference, rtol=rtol, atol=rtol * (1 + magnitude), equal_nan=True)
-
-
-@settings(max_examples=100, deadline=None)
-@given(cross_entropy_cases())
-def test_cross_entropy_matches_torch_in_value_and_gradient(case):
-    logits, target, kwargs = case
-    x_ours = logits.clone().requires_grad_()
-    x_torch = logits.clone().requires_grad_()
-    ours = cross_entropy(x_ours, target, **kwargs)
-    reference = F.cross_entropy(x_torch, target, **kwargs)
-    assert ours.shape == reference.shape and ours.dtype == reference.dtype
-    assert_close_to_reference(ours.detach(), reference.detach())
-    upstream = torch.rand_like(reference) + 0.5  # a random downstream gradient
-    (ours * upstream).sum().backward()
-    (reference * upstream).sum().backward()
-    assert_close_to_reference(x_ours.grad, x_torch.grad)
-
-
-def test_all_ignored_batch_gives_nan_mean_and_zero_gradient_like_torch():
-    x = torch.randn(4, 3, requires_grad=True)
-    target = torch.full((4,), -100)
-    loss = cross_entropy(x, target)
-    assert torch.isnan(loss) and torch.isnan(F.cross_entropy(x, target))
-    loss.backward()
-    assert (x.grad == 0).all()
-
-
-@pytest.mark.parametrize('kwargs', [
-    dict(),
-    dict(reduction='none'),
-    dict(reduction='sum', label_smoothing=0.3),
-    dict(weight='w'),
-    dict(weight='w', label_smoothing=0.2, ignore_index=1),
-    dict(target='probabilities', weight='w', label_smoothing=0.1),
-    dict(target='probabilities', reduction='none'),
-])
-def test_gradcheck(kwargs):
-    kwargs = dict(kwargs)
-    torch.manual_seed(0)
-    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
-    if kwargs.pop('target', None) == 'probabilities':
-        target = torch.softmax(torch.randn(6, 5, dtype=torch.float64), 1)
-    else:
-        target = torch.tensor([0, 1, kwargs.get('ignore_index', -100), 3, 4, 1])
-    if kwargs.get('weight') == 'w':
-        kwargs['weight'] = torch.rand(5, dtype=torch.float64) + 0.1
-    assert torch.autograd.gradcheck(lambda x: cross_entropy(x, target, **kwargs), (x,))
+# the closed-form gradient
 
 
 def test_gradient_is_softmax_minus_one_hot_over_n():
@@ -243,15 +176,24 @@ def test_gradient_is_softmax_minus_one_hot_over_n():
     torch.testing.assert_close(O.grad, expected)
 
 
-def test_backward_twice_with_retain_graph_and_no_double_backward():
+def test_cross_entropy_with_grad_is_torchs_loss_and_gradient_per_example():
+    torch.manual_seed(0)
+    for O, y in ((torch.randn(6, 4, dtype=torch.float64) * 50, torch.randint(0, 4, (6,))),
+                 (torch.randn(2, 4, 3, 3, dtype=torch.float64), torch.randint(0, 4, (2, 3, 3)))):
+        x = O.clone().requires_grad_()
+        reference = F.cross_entropy(x, y, reduction='none')
+        per_example, grad = cross_entropy_with_grad(O, y)
+        torch.testing.assert_close(per_example, reference)
+        torch.testing.assert_close(grad, torch.autograd.grad(reference.sum(), x)[0])
+
+
+def test_backward_twice_with_retain_graph():
     x = torch.randn(8, 4, requires_grad=True)
     y = torch.randint(0, 4, (8,))
     loss = cross_entropy(x, y)
     first, = torch.autograd.grad(loss, x, retain_graph=True)
     second, = torch.autograd.grad(loss, x)
     torch.testing.assert_close(first, second)
-    with pytest.raises(RuntimeError, match='double backward'):
-        torch.autograd.grad(cross_entropy(x, y), x, create_graph=True)
 
 
 def test_float32_logits_of_1e4_stay_finite_with_a_finite_gradient():
@@ -372,7 +314,7 @@ def test_each_stage_of_the_notes_breaks_where_the_notes_say():
     O = torch.randn(8, 10, generator=generator)
     y = torch.randint(0, 10, (8,), generator=generator)
     assert list(STAGES) == ['naive', 'max-subtracted', '+ eps', 'LogSumExp', 'torch']
-    table = losses.stability_table(O, y, [1, 10, 100])
+    table = loss_demo.stability_table(O, y, [1, 10, 100])
     naive, shifted, patched, logsumexp, reference = (table[name] for name in STAGES)
     # s = 1: all five agree
     for name in STAGES:
@@ -387,226 +329,21 @@ def test_each_stage_of_the_notes_breaks_where_the_notes_say():
     assert logsumexp[2] == pytest.approx(reference[2], rel=1e-6) and math.isfinite(logsumexp[2])
 
 
+def test_the_demos_names_still_import_from_losses():
+    from losses import STAGES as stages, gradient_rows
+    assert stages is loss_demo.STAGES and gradient_rows is loss_demo.gradient_rows
+    with pytest.raises(AttributeError, match='no attribute'):
+        losses.no_such_name
+
+
 def test_closed_form_gradient_is_finite_where_autograd_through_naive_is_nan():
     generator = torch.Generator().manual_seed(0)
     O = torch.randn(8, 10, generator=generator)
     y = torch.randint(0, 10, (8,), generator=generator)
-    rows = losses.gradient_rows(O, y, [1, 1000])
+    rows = loss_demo.gradient_rows(O, y, [1, 1000])
     assert rows[0][1] == 0 and rows[1][1] == 80  # naive: finite at s = 1, all nan at s = 1000
     for scale, nans, finite, difference in rows:
         assert finite and difference < 1e-6
-
-
-# -----------------------------------------------------------------------------
-# PyTorch's own test inputs: the OpInfo samples of nn.functional.cross_entropy and the ModuleInfo inputs
-# of nn.CrossEntropyLoss, as torch's test suite runs them (torch ships them; importing them needs expecttest)
-
-OPINFO_SAMPLES, MODULEINFO_SAMPLES = 21, 105  # per dtype
-SAMPLE_DTYPES = (torch.float32, torch.float64)
-
-
-@functools.lru_cache(maxsize=None)
-def torch_samples(dtype):
-    """[(source, input, target, kwargs)] for one dtype; inputs (and probability targets) require grad.
-
-    Imported here, not at the top: building torch's op_db takes seconds, and only these tests need it.
-    """
-    frozen = torch.backends.flags_frozen()
-    from torch.testing._internal.common_methods_invocations import op_db
-    from torch.testing._internal.common_modules import module_db
-    if not frozen:  # importing torch's test utilities froze the torch.backends flags (disable_global_flags)
-        # for the whole process; thaw them, as the other tests may set them. The flag is a global of the
-        # module that defines flags_frozen, which is not the object torch.backends names.
-        torch.backends.flags_frozen.__globals__['__allow_nonbracketed_mutation_flag'] = True
-    opinfo = next(op for op in op_db if op.name == 'nn.functional.cross_entropy')
-    moduleinfo = next(module for module in module_db if module.module_cls is nn.CrossEntropyLoss)
-    samples = []
-    with torch.random.fork_rng():  # the same samples every run, and the global generator untouched
-        torch.manual_seed(0)
-        for sample in opinfo.sample_inputs('cpu', dtype, requires_grad=True):
-            samples.append(('OpInfo', sample.input, sample.args[0], dict(sample.kwargs)))
-        for module_input in moduleinfo.module_inputs_func(moduleinfo, device='cpu', dtype=dtype,
-                                                          requires_grad=True, training=True):
-            input, target = module_input.forward_input.args
-            samples.append(('ModuleInfo', input, target, dict(module_input.constructor_input.kwargs)))
-    return samples
-
-
-def describe(source, input, target, kwargs):
-    return (f"{source}: input {tuple(input.shape)} {input.dtype}, target {tuple(target.shape)} {target.dtype}"
-            f"{' requiring grad' if target.requires_grad else ''}, {kwargs}")
-
-
-def test_torch_samples_are_all_there():
-    """A silent drop (or a new sample) must show: 252 inputs, 78 of them (N, C), as counted for issue 13."""
-    counts = {}
-    for dtype in SAMPLE_DTYPES:
-        for source, input, target, kwargs in torch_samples(dtype):
-            form = '(C,)' if input.dim() == 1 else '(N, C)' if input.dim() == 2 else 'K-dim'
-            probability = input.shape == target.shape
-            counts[source] = counts.get(source, 0) + 1
-            counts[form] = counts.get(form, 0) + 1
-            if form == '(N, C)' and probability and target.requires_grad:
-                counts['(N, C) target requires grad'] = counts.get('(N, C) target requires grad', 0) + 1
-    assert counts == {'OpInfo': 2 * OPINFO_SAMPLES, 'ModuleInfo': 2 * MODULEINFO_SAMPLES,
-                      '(N, C)': 78, 'K-dim': 156, '(C,)': 18, '(N, C) target requires grad': 32}
-    assert not torch.backends.flags_frozen()  # the import left the torch.backends flags settable
-
-
-def check_against_reference(input, target, kwargs, reference_fn):
-    """Value, shape, dtype and gradients (input's, and target's where it requires grad) against torch's."""
-    input = input.detach().clone().requires_grad_()  # fresh leaves: nothing shared between the two graphs
-    target = target.detach().clone().requires_grad_(target.requires_grad)
-    kwargs = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    wrt = [input] + ([target] if target.requires_grad else [])
-    reference = reference_fn(input, target, kwargs)
-    ours = cross_entropy(input, target, **kwargs)
-    assert ours.shape == reference.shape and ours.dtype == reference.dtype
-    assert_close_to_reference(ours.detach(), reference.detach())
-    upstream = torch.rand(reference.shape, dtype=reference.dtype, generator=torch.Generator().manual_seed(0)) + 0.5
-    for name, mine, theirs in zip(('input', 'target'), torch.autograd.grad(ours, wrt, upstream),
-                                  torch.autograd.grad(reference, wrt, upstream)):
-        assert mine.dtype == theirs.dtype, name
-        assert_close_to_reference(mine, theirs)
-
-
-@pytest.mark.parametrize('index', range(OPINFO_SAMPLES + MODULEINFO_SAMPLES))
-@pytest.mark.parametrize('dtype', SAMPLE_DTYPES, ids=str)
-def test_torch_sample_gives_torchs_value_and_gradients(dtype, index):
-    source, input, target, kwargs = torch_samples(dtype)[index]
-    if source == 'OpInfo':
-        reference_fn = lambda input, target, kwargs: F.cross_entropy(input, target, **kwargs)  # noqa: E731
-    else:
-        reference_fn = lambda input, target, kwargs: nn.CrossEntropyLoss(**kwargs)(input, target)  # noqa: E731
-    try:
-        check_against_reference(input, target, kwargs, reference_fn)
-    except Exception as error:
-        raise AssertionError(f"{describe(source, input, target, kwargs)}: {error}") from error
-
-
-# -----------------------------------------------------------------------------
-# K-dimensional and unbatched inputs, every option, against F.cross_entropy
-
-
-@st.composite
-def k_dimensional_cases(draw):
-    """(input, target, kwargs, reference_target): (N, C, d1, ..., dK) logits with K = 0..3 (N may be 0), or
-    one example's (C,); index or probability targets (of either float dtype, maybe requiring grad), every
-    option. reference_target is what torch gets: the same target, except a (1,) index for (C,) logits,
-    whose () form torch gets instead (see the end)."""
-    unbatched = draw(st.booleans()) and draw(st.booleans())  # a quarter of the cases
-    C = draw(st.integers(1, 6))
-    if unbatched:
-        shape = (C,)
-    else:
-        shape = (draw(st.integers(0, 4)), C) + tuple(draw(st.lists(st.integers(1, 4), max_size=3)))
-    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
-    scale = draw(st.sampled_from([1e-2, 1.0, 10.0, 1e3]))
-    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
-    logits = torch.randn(shape, dtype=dtype, generator=generator) * scale
-    kwargs = dict(reduction=draw(st.sampled_from(['none', 'mean', 'sum'])),
-                  label_smoothing=draw(st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0))))
-    class_dim = 0 if unbatched else 1
-    if draw(st.booleans()):  # class probabilities of the input's shape, maybe of another float dtype
-        target_dtype = draw(st.sampled_from([dtype, torch.float32, torch.float64]))
-        target = torch.softmax(torch.randn(shape, dtype=target_dtype, generator=generator) * 3, class_dim)
-        target.requires_grad_(draw(st.booleans()))
-        kwargs['ignore_index'] = draw(st.sampled_from([-100, -1]))  # torch allows only a negative one here
-        if draw(st.booleans()):
-            weight_dtype = draw(st.sampled_from([dtype, target_dtype]))
-            kwargs['weight'] = (torch.rand(C, dtype=weight_dtype, generator=generator) * 2 + 0.1
-                                ).requires_grad_(draw(st.booleans()))
-        return logits, target, kwargs, target
-    ignore_index = draw(st.sampled_from([-100, 0, C - 1]))
-    kwargs['ignore_index'] = ignore_index
-    if draw(st.booleans()):
-        kwargs['weight'] = torch.rand(C, dtype=dtype, generator=generator) * 2 + 0.1
-    target = torch.randint(0, C, shape[:1] + shape[2:] if not unbatched else (), generator=generator)
-    if draw(st.booleans()):  # some (possibly all) positions ignored
-        ignored = torch.rand(target.shape, generator=generator) < draw(st.sampled_from([0.3, 1.0]))
-        target = torch.where(ignored, ignore_index, target)
-    if unbatched and C > 1 and draw(st.booleans()):  # (1,) with C = 1 would be a probability target
-        # a (1,) index for (C,) logits, as torch accepts it; torch's own label-smoothing path then fails to
-        # broadcast its () smoothing term against the (1,) mask, so the reference gets the () index
-        return logits, target.reshape(1), kwargs, target
-    return logits, target, kwargs, target
-
-
-@settings(max_examples=100, deadline=None)
-@given(k_dimensional_cases())
-def test_k_dimensional_and_unbatched_inputs_match_torch(case):
-    logits, target, kwargs, reference_target = case
-    x_ours, x_torch = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    t_ours = target.detach().clone().requires_grad_(target.requires_grad)
-    t_torch = reference_target.detach().clone().requires_grad_(target.requires_grad)
-    weight = kwargs.pop('weight', None)
-    w_ours = weight.detach().clone().requires_grad_(weight.requires_grad) if weight is not None else None
-    w_torch = weight.detach().clone().requires_grad_(weight.requires_grad) if weight is not None else None
-    ours = cross_entropy(x_ours, t_ours, weight=w_ours, **kwargs)
-    reference = F.cross_entropy(x_torch, t_torch, weight=w_torch, **kwargs)
-    assert ours.shape == reference.shape and ours.dtype == reference.dtype
-    dtypes = {t.dtype for t in (logits, target, weight) if t is not None}
-    precision = torch.float32 if torch.float32 in dtypes else torch.float64
-    assert_close_to_reference(ours.detach(), reference.detach(), precision)
-    upstream = torch.rand_like(reference) + 0.5
-    pairs = [(x_ours, x_torch)] + [(a, b) for a, b in ((t_ours, t_torch), (w_ours, w_torch))
-                                   if a is not None and a.requires_grad]
-    mine = torch.autograd.grad(ours, [a for a, _ in pairs], upstream)
-    theirs = torch.autograd.grad(reference, [b for _, b in pairs], upstream)
-    for a, b in zip(mine, theirs):
-        assert a.dtype == b.dtype
-        assert_close_to_reference(a, b, precision)
-
-
-def test_k_dimensional_input_is_its_positions_flattened():
-    """(N, C, d1, d2) with (N, d1, d2) targets is (N d1 d2, C) with (N d1 d2,) targets: the classes
-    along dim 1, one loss per pixel."""
-    torch.manual_seed(0)
-    x = torch.randn(3, 5, 4, 2, dtype=torch.float64)
-    y = torch.randint(0, 5, (3, 4, 2))
-    y[0, 0, 0] = -100
-    flat_x, flat_y = x.movedim(1, -1).reshape(-1, 5), y.reshape(-1)
-    w = torch.rand(5, dtype=torch.float64)
-    for kwargs in (dict(), dict(weight=w, label_smoothing=0.2), dict(reduction='sum')):
-        torch.testing.assert_close(cross_entropy(x, y, **kwargs), cross_entropy(flat_x, flat_y, **kwargs))
-    per_pixel = cross_entropy(x, y, reduction='none')
-    assert per_pixel.shape == (3, 4, 2)
-    torch.testing.assert_close(per_pixel.reshape(-1), cross_entropy(flat_x, flat_y, reduction='none'))
-    # probability targets: the mean is over the N d1 d2 positions
-    t = torch.softmax(torch.randn(3, 5, 4, 2, dtype=torch.float64), 1)
-    torch.testing.assert_close(cross_entropy(x, t), cross_entropy(x, t, reduction='sum') / (3 * 4 * 2))
-
-
-# -----------------------------------------------------------------------------
-# the gradient with respect to a probability target (and its weight), by hand
-
-
-@pytest.mark.parametrize('shape', [(4, 3), (2, 3, 2, 2), (3,)], ids=str)
-@pytest.mark.parametrize('kwargs', [
-    dict(),
-    dict(reduction='none'),
-    dict(reduction='sum', label_smoothing=0.3),
-    dict(weight='w', label_smoothing=0.2),
-    dict(weight='w', reduction='none', label_smoothing=1.0),
-], ids=str)
-def test_gradcheck_with_respect_to_the_target_and_its_weight(shape, kwargs):
-    kwargs = dict(kwargs)
-    generator = torch.Generator().manual_seed(0)
-    class_dim = 0 if len(shape) == 1 else 1
-    x = torch.randn(shape, dtype=torch.float64, generator=generator).requires_grad_()
-    t = torch.softmax(torch.randn(shape, dtype=torch.float64, generator=generator), class_dim).requires_grad_()
-    inputs = (x, t)
-    if kwargs.pop('weight', None):
-        inputs += (torch.rand(shape[class_dim], dtype=torch.float64, generator=generator).add_(0.1).requires_grad_(),)
-    assert torch.autograd.gradcheck(lambda x, t, *w: cross_entropy(x, t, *w, **kwargs), inputs)
-
-
-def test_target_gradient_is_minus_one_minus_eps_times_weight_times_log_p():
-    torch.manual_seed(0)
-    x, t, w = torch.randn(5, 4), torch.rand(5, 4).requires_grad_(), torch.rand(4)
-    eps = 0.25
-    cross_entropy(x, t, weight=w, label_smoothing=eps, reduction='sum').backward()
-    torch.testing.assert_close(t.grad, -(1 - eps) * w * torch.log_softmax(x, 1))
 
 
 # -----------------------------------------------------------------------------
