@@ -4,8 +4,8 @@
     python bench.py --book-epochs 2 --epochs 10 --whole-runs 1 --device cpu
 
 What is timed, each in its own process, interleaved so that a drift in the speed of a shared machine
-weighs on all alike (start: ours, then the book, middle: the floor and the losses, end: ours again; the
-whole-command runs spread over the three):
+weighs on all alike (start: ours, then the book, middle: the floor, the losses and ours beside a busy
+process, end: ours again; the whole-command runs spread over the three):
   book      d2l 3.5-3.7: torchvision FashionMNIST with ToTensor, DataLoader(batch_size=256, shuffle=True,
             num_workers=4), nn.Linear, nn.CrossEntropyLoss, SGD lr 0.1, in the environment you run it in
   ours      train.train's textbook epochs, half at the start and half at the end of the run
@@ -23,6 +23,9 @@ whole-command runs spread over the three):
             two alternate, spread over the run
   losses    losses.cross_entropy against F.cross_entropy, forward + backward, interleaved, each at its
             faster thread count (1 or all), in the middle process
+  contended ours again, at the end of the middle process, beside one busy single-threaded process that
+            it starts and kills (`python -c "while True: pass"`): what a user's other work does to an
+            epoch, as a ratio to the idle floor
 An epoch is one pass over the 60,000 training images plus the accuracy on the 10,000 test images.
 Writes --out/bench.json. Exit codes: 0 done, 1 something broke, 2 bad input, 130 interrupted.
 """
@@ -32,43 +35,30 @@ if __name__ == '__main__':  # before anything slow: Ctrl-C or kill from here on 
     cli.start()
 
 import argparse
-import contextlib
-import ctypes
 import gzip
 import json
 import os
-import resource
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-# Nothing here imports torch at module level: the parent only starts processes and reads their results
-# (so a bad flag costs no torch import), and the process that runs train.py's pipeline must import train
-# before torch, for the thread policy train.py sets at import. The book's process never imports train.
+from machinery.bench_children import ChildFailed, Children, busy_neighbour, peak_rss_mb, whole_pair
+from machinery.bench_report import ROUNDS, printout, summarize
+
+# Nothing here imports torch, nor machinery.threads, at module level (the first import of an entry point
+# elsewhere): the parent only starts processes and reads their results, so a bad flag costs no torch
+# import, and its children inherit the user's environment untouched. The processes that run train.py's
+# pipeline or the floor import train first, and so machinery.threads and the environment it sets
+# (MKL_CBWR, GOMP_SPINCOUNT) before torch loads; the book's process never does.
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_PY = os.path.join(HERE, 'train.py')
-TRAIN_SIZE, BATCH_SIZE, NUM_INPUTS, NUM_CLASSES = 60_000, 256, 784, 10
-ROUNDS = ('start', 'middle', 'end')
-
-
-class ChildFailed(Exception):
-    """A child process failed for a reason other than bad input; the message is the one line to print."""
+BATCH_SIZE, NUM_INPUTS, NUM_CLASSES = 256, 784, 10
 
 
 # ============================================================================= in the child processes
-
-def peak_rss_mb():
-    """Peak resident memory of this process plus the largest of its finished children (the book's
-    DataLoader workers), in MB; Linux reports KiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024
-
 
 def check_device(device):
     import torch
@@ -152,9 +142,10 @@ def floor_epochs(train_features, test_features, epochs, device, max_threads):
     """Floor epochs (see the module docstring), each run with every thread count train.py may pick: 1 and
     max_threads on a CPU (its ThreadChooser switches between them as the machine's load changes). An
     epoch's floor is the faster of its runs. A later run of an epoch stops as soon as it has taken longer
-    than the epoch's best (beside a busy process, two threads can be 30x slower than one). Both runs take the same batches, drawn before the clock starts. Returns
-    dict(seconds: the floor of each epoch, by_threads: {count: seconds of each epoch's run, None where
-    it was stopped}, total: the seconds of every run, stopped ones included).
+    than the epoch's best (beside a busy process, two threads can be 30x slower than one). Both runs take
+    the same batches, drawn before the clock starts. Returns dict(seconds: the floor of each epoch,
+    by_threads: {count: seconds of each epoch's run, None where it was stopped}, total: the seconds of
+    every run, stopped ones included).
 
     A step is X = one row gather, O = X W with W stored (10, 784) as train.py's model stores it
     (F.linear: the fastest layout), and dW^T = O^T X, a (10, n) @ (n, 784) GEMM written in W's storage
@@ -290,13 +281,18 @@ def loss_timings(blocks, max_threads=None):
 def child_main(spec):
     """One measurement, in this fresh process; prints its result as one JSON line."""
     kind = spec['kind']
-    if kind in ('ours', 'floor'):
-        # First: train.py sets its thread policy (OpenMP variables) at import, before torch loads, and the
-        # floor must run under the one train.py runs under. The book's process never imports train.
-        import train  # noqa: F401
-    import torch
+    if kind == 'book':  # the user's environment: data.py, an entry point too, imports machinery.threads,
+        user_environment = dict(os.environ)  # whose settings must not reach the book's torch and MKL
+        import torch
 
-    import data
+        import data
+        for name in set(os.environ) - set(user_environment):
+            del os.environ[name]
+    else:  # first, before torch loads: train.py's thread environment, for ours and for the floor
+        import train  # noqa: F401
+        import torch
+
+        import data
     device = spec['device']
     check_device(device)
     threads = torch.get_num_threads()  # torch's choice for this machine, before train.py's ThreadChooser runs
@@ -317,120 +313,20 @@ def child_main(spec):
             result['floor'] = floor_epochs(*features, spec['floor_epochs'], device, threads)
         if spec.get('loss_blocks'):
             result['cross_entropy'] = loss_timings(spec['loss_blocks'], threads)
+        if spec.get('contended_epochs'):  # last: the neighbour is gone before anything else is timed
+            with busy_neighbour():
+                result['contended'] = our_pipeline(sys.modules['train'], spec['contended_epochs'], datasets,
+                                                   device)
     if device == 'cuda':
         result['peak_cuda_mb'] = torch.cuda.max_memory_allocated() / 2**20
     result['peak_rss_mb'] = peak_rss_mb()
+    from machinery.threads import gemms_reproducible_across_thread_counts  # loaded by data.py already
+    result['mkl_strict'] = gemms_reproducible_across_thread_counts()  # what the GEMMs above ran under
     print(json.dumps(result))
     return 0
 
 
 # ============================================================================= in the parent
-
-def _libc():
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-_LIBC = _libc()  # loaded here, in the parent: a child between fork and exec should only call into it
-
-
-def _die_with_parent():
-    """In a child, before exec: be killed if bench.py itself dies without cleaning up (kill -9)."""
-    try:
-        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG, Linux only
-    except Exception:  # elsewhere the parent's own cleanup still kills its children
-        pass
-
-
-class Children:
-    """Starts the measurement processes one at a time, each in its own session (a Ctrl-C at the terminal
-    reaches only bench.py, which then kills the child's whole process group, DataLoader workers included),
-    with stdout and stderr in files of the work folder."""
-
-    def __init__(self, work_dir):
-        self.work_dir, self.running, self.count = work_dir, [], 0
-        self.log = []  # (what, wall seconds) of each finished process, in order
-
-    def run(self, command, what):
-        """Run `command` to the end: (stdout, wall seconds, peak RSS MB of the process itself). A failure
-        raises cli.InputError (the child's exit 2: bad input), KeyboardInterrupt (its exit 130) or
-        ChildFailed, each with the child's last line on stderr."""
-        self.count += 1
-        paths = [os.path.join(self.work_dir, f"child-{self.count}.{stream}") for stream in ('out', 'err')]
-        with open(paths[0], 'wb') as out, open(paths[1], 'wb') as err:
-            with cli.signals_deferred():  # the process is recorded before a Ctrl-C can act
-                start = time.perf_counter()
-                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                           start_new_session=True, preexec_fn=_die_with_parent)
-                self.running.append(process)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-        with cli.signals_deferred():
-            process.returncode = os.waitstatus_to_exitcode(status)
-            self.running.remove(process)
-        code = process.returncode
-        self.log.append((what, wall))
-        with open(paths[0]) as f:
-            stdout = f.read()
-        if code == 0:
-            return stdout, wall, usage.ru_maxrss / 1024
-        with open(paths[1], errors='replace') as f:
-            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
-        last = lines[-1] if lines else ''
-        message = last[len('error: '):] if last.startswith('error: ') else last
-        if code == cli.EXIT_INTERRUPTED:
-            raise KeyboardInterrupt
-        if code == cli.EXIT_BAD_INPUT:
-            raise cli.InputError(message if last.startswith('error: ') else f"{what}: {last or 'bad input'}")
-        if code < 0:
-            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-            raise ChildFailed(f"{what} was killed by {name}" + (" (out of memory?)" if -code == 9 else "")
-                              + (f"; its last words: {message}" if message else ""))
-        raise ChildFailed(f"{what} failed (exit {code}): {message or 'no message'}")
-
-    def kill_all(self):
-        """Kill whatever is still running, with its process group, and reap it."""
-        for process in self.running:
-            with contextlib.suppress(OSError):
-                os.killpg(process.pid, signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                os.waitpid(process.pid, 0)
-        self.running.clear()
-
-
-def cpu_model():
-    """The CPU's name as /proc/cpuinfo gives it (e.g. 'AMD EPYC'), or what platform knows."""
-    with contextlib.suppress(OSError):
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    import platform
-    return platform.processor() or platform.machine() or 'unknown'
-
-
-def machine():
-    cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else cores
-    return dict(cpu=cpu_model(), cores=cores, usable_cores=usable)
-
-
-def whole_pair(children, train_command, floor_command, index):
-    """One run of train.py's whole command and one of its floor process, alternating which goes first."""
-    pair = {}
-    for key in (('train.py', 'floor') if index % 2 == 0 else ('floor', 'train.py')):
-        command = train_command if key == 'train.py' else floor_command
-        stdout, wall, rss = children.run(command, f"the whole command ({key})")
-        pair[key] = dict(seconds=wall, peak_rss_mb=rss)
-        if key == 'floor':
-            # Each floor epoch ran with 1 thread and with all of them: the process's time counts only the
-            # faster run of each (its start-up, imports and data loading as measured, from the outside).
-            floor = json.loads(stdout.strip().splitlines()[-1])['floor']
-            pair[key].update(process_seconds=wall, seconds=wall - floor['total'] + sum(floor['seconds']))
-    return pair
-
 
 def measure(args, children):
     """Run every measurement in its place in the schedule; return the raw results."""
@@ -459,112 +355,14 @@ def measure(args, children):
     whole_runs('start')
     book = child("the book's pipeline", kind='book', epochs=args.book_epochs, work_dir=children.work_dir,
                  max_batches=args.book_batches)
-    ours['middle'] = child("the floor and the losses (middle)", kind='ours', epochs=0,
-                           floor_epochs=args.floor_epochs, loss_blocks=args.loss_blocks)
+    ours['middle'] = child("the floor, the losses, beside a busy process (middle)", kind='ours', epochs=0,
+                           floor_epochs=args.floor_epochs, loss_blocks=args.loss_blocks,
+                           contended_epochs=args.contended_epochs)
     whole_runs('middle')
     ours['end'] = child("train.py's pipeline (end)", kind='ours', epochs=args.epochs - first_half,
                         floor_epochs=args.floor_epochs)
     whole_runs('end')
     return book, ours, whole
-
-
-def summarize(args, book, ours, whole):
-    """bench.json's content from the raw results."""
-    median = statistics.median
-    pipelines = {
-        'book': dict(seconds=book['seconds'], test_acc=book['test_acc'], peak_rss_mb=book['peak_rss_mb']),
-        'ours': dict(seconds=ours['start']['seconds'] + ours['end']['seconds'],
-                     seconds_by_round={r: ours[r]['seconds'] for r in ('start', 'end')},
-                     threads_by_round={r: ours[r]['threads_by_epoch'] for r in ('start', 'end')},
-                     test_acc=ours['end']['test_acc'],
-                     peak_rss_mb=max(ours['start']['peak_rss_mb'], ours['end']['peak_rss_mb'])),
-        'floor': dict(seconds=[s for r in ROUNDS for s in ours[r]['floor']['seconds']],
-                      seconds_by_round={r: ours[r]['floor']['seconds'] for r in ROUNDS},
-                      seconds_by_round_and_threads={r: ours[r]['floor']['by_threads'] for r in ROUNDS}),
-    }
-    for result in pipelines.values():
-        result['median_seconds'] = median(result['seconds'])
-        result['samples_per_second'] = TRAIN_SIZE / result['median_seconds']
-    book_s, ours_s, floor_s = (pipelines[k]['median_seconds'] for k in ('book', 'ours', 'floor'))
-    ratios = dict(book_over_ours=book_s / ours_s, ours_over_floor=ours_s / floor_s,
-                  ours_over_floor_by_round={r: median(ours[r]['seconds']) / median(ours[r]['floor']['seconds'])
-                                            for r in ('start', 'end')})
-    report = dict(machine=machine(), device=args.device, torch_version=ours['start']['torch_version'],
-                  threads={'ours': ours['start']['threads'], 'book': book['threads']},
-                  thread_environment={'ours': ours['start']['thread_environment'],
-                                      'book': book['thread_environment']})
-    if 'device_name' in book:
-        report['device_name'] = book['device_name']
-    pairs = [pair for r in ROUNDS for pair in whole[r]]
-    if pairs:
-        command = dict(train_py={k: [p['train.py'][k] for p in pairs] for k in ('seconds', 'peak_rss_mb')},
-                       floor={k: [p['floor'][k] for p in pairs]
-                              for k in ('seconds', 'process_seconds', 'peak_rss_mb')},
-                       runs_by_round={r: len(whole[r]) for r in ROUNDS}, epochs=args.whole_epochs)
-        for key in ('train_py', 'floor'):
-            command[key]['median_seconds'] = median(command[key]['seconds'])
-        ratios['whole_over_floor'] = command['train_py']['median_seconds'] / command['floor']['median_seconds']
-        ratios['whole_over_floor_by_pair'] = [p['train.py']['seconds'] / p['floor']['seconds'] for p in pairs]
-        report['whole_command'] = command
-    report.update(pipelines=pipelines, ratios=ratios, cross_entropy=ours['middle']['cross_entropy'],
-                  command=' '.join(['python', 'bench.py'] + sys.argv[1:]))
-    return report
-
-
-def printout(report):
-    """The report as a few readable lines."""
-    lines = []
-    m, threads = report['machine'], report['threads']
-    cores = f"{m['cores']} cores" + (f" ({m['usable_cores']} usable)" if m['usable_cores'] != m['cores'] else "")
-    thread_text = (f"{threads['ours']} threads" if threads['ours'] == threads['book']
-                   else f"{threads['ours']} threads (book's process: {threads['book']})")
-    device = report['device'] + (f" ({report['device_name']})" if 'device_name' in report else "")
-    lines.append(f"cpu {m['cpu']}, {cores}; device {device}; torch {report['torch_version']}, {thread_text}")
-    p = report['pipelines']
-    lines.append(f"{'pipeline':<36}{'epochs':>7}{'s/epoch (median)':>18}{'samples/s':>12}{'peak RSS MB':>13}"
-                 f"{'test acc':>10}")
-    rows = [('book', "book: DataLoader + ToTensor", str(len(p['book']['seconds']))),
-            ('ours', "train.py: resident tensors",
-             '+'.join(str(len(s)) for s in p['ours']['seconds_by_round'].values())),
-            ('floor', "floor: gather + 2 GEMMs per step",
-             '+'.join(str(len(s)) for s in p['floor']['seconds_by_round'].values()))]
-    for key, name, epochs in rows:
-        r = p[key]
-        rss = f"{r['peak_rss_mb']:.0f}" if 'peak_rss_mb' in r else '-'
-        acc = f"{r['test_acc']:.4f}" if 'test_acc' in r else '-'
-        lines.append(f"{name:<36}{epochs:>7}{r['median_seconds']:>18.4f}{r['samples_per_second']:>12,.0f}"
-                     f"{rss:>13}{acc:>10}")
-    ratios = report['ratios']
-    by_round = ', '.join(f"{r} {x:.2f}x" for r, x in ratios['ours_over_floor_by_round'].items())
-    if 'whole_command' in report:
-        w = report['whole_command']
-        lines.append(f"{'whole command':<43}{'runs':>6}{'wall s (median)':>18}{'peak RSS MB':>13}")
-        epochs = f"{w['epochs']} epoch" + ('s' if w['epochs'] != 1 else '')
-        for key, name in (('train_py', f"python train.py --out TMP ({epochs})"),
-                          ('floor', f"import torch + data + {epochs} of floor")):
-            lines.append(f"{name:<43}{len(w[key]['seconds']):>6}{w[key]['median_seconds']:>18.3f}"
-                         f"{max(w[key]['peak_rss_mb']):>13.0f}")
-    lines.append(f"book / ours, an epoch:   {ratios['book_over_ours']:6.1f}x  (target 30x, stretch 50x)")
-    lines.append(f"ours / floor, an epoch:  {ratios['ours_over_floor']:6.2f}x  (same process: {by_round})")
-    if 'whole_command' in report:
-        pairs = ', '.join(f"{x:.2f}" for x in ratios['whole_over_floor_by_pair'])
-        lines.append(f"whole command / floor:   {ratios['whole_over_floor']:6.2f}x  (run by run: {pairs})")
-    return lines + printout_losses(report)
-
-
-def printout_losses(report):
-    lines = []
-    for name, t in report['cross_entropy'].items():
-        head = f"cross_entropy fwd+bwd {name}" + (" (the same, flattened)" if t['flattened'] else "")
-        torch_us = f"torch {t['torch'] * 1e6:.1f} us"
-        if 'unsupported' in t:
-            lines.append(f"{head}: scratch unsupported ({t['unsupported'][:80]}), {torch_us}")
-        elif 'mismatch' in t:
-            lines.append(f"{head}: scratch differs from torch ({t['mismatch']}), {torch_us}")
-        else:
-            lines.append(f"{head}: scratch {t['scratch'] * 1e6:.1f} us, {torch_us}, ratio {t['ratio']:.2f}"
-                         f" (target <= 1.5)")
-    return lines
 
 
 def spec_argument(text):
@@ -579,7 +377,8 @@ def spec_argument(text):
 
 def build_parser():
     parser = cli.ArgumentParser(
-        description="Time train.py against the book's pipeline and the floor (gather + GEMMs), in one run.",
+        description="Time train.py against the book's pipeline and the floor (gather + GEMMs), idle and "
+                    "beside a busy process, in one run.",
         epilog="Exit codes: 0 done, 1 something broke, 2 bad input, 130 interrupted.")
     parser.add_argument('--epochs', type=cli.whole_number(2, 201), default=10, metavar='N',
                         help="epochs of train.py's pipeline, half at the start of the run and half at the "
@@ -591,6 +390,9 @@ def build_parser():
     parser.add_argument('--whole-runs', type=cli.whole_number(0, 10), default=3, metavar='N',
                         help="runs of the whole `python train.py` command and of its floor, spread over the "
                              "run, 0-9; 0 skips them (default %(default)s)")
+    parser.add_argument('--contended-epochs', type=cli.whole_number(0, 201), default=6, metavar='N',
+                        help="epochs of train.py's pipeline beside a busy process that bench.py starts and "
+                             "stops, 0-200; 0 skips them (default %(default)s)")
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'],
                         help="where both pipelines run (default %(default)s)")
     parser.add_argument('--data-dir', type=cli.non_empty, metavar='DIR', help="as train.py's --data-dir")
@@ -614,7 +416,8 @@ def main(argv=None):
         with cli.signals_deferred():  # the folder is known to the cleanup below before a Ctrl-C acts
             work_dir = tempfile.mkdtemp(prefix='bench-')
             children = Children(work_dir)
-        report = summarize(args, *measure(args, children))
+        report = summarize(*measure(args, children), args.device, args.whole_epochs,
+                           ' '.join(['python', 'bench.py'] + sys.argv[1:]))
         report['processes'] = [dict(what=what, seconds=seconds) for what, seconds in children.log]
     except ChildFailed as failure:
         cli.say(f"error: {failure}")

@@ -1,9 +1,9 @@
 """bench.py: its flags, its errors and interruptions, and one tiny real run of every pipeline.
 
 The benchmark itself takes minutes; here each part runs cut short (hidden flags: one loss-timing block,
-three batches of the book's epoch, one epoch of ours at the start and one at the end) and the whole
-command is left out of the real run (stand-ins check how its runs are paired and counted). Every
-bench.py process starts at once and they run side by side (see `runs`).
+three batches of the book's epoch, one epoch of ours at the start, one at the end and two beside a busy
+process) and the whole command is left out of the real run (stand-ins check how its runs are paired and
+counted). Every bench.py process starts at once and they run side by side (see `runs`).
 """
 import glob
 import json
@@ -21,11 +21,12 @@ import torch.nn.functional as F
 import bench
 import losses
 from helpers import assert_one_line_error, finish
+from machinery import bench_children, bench_report, threads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_PY = os.path.join(ROOT, 'bench.py')
 QUICK = ['--epochs', '2', '--book-epochs', '1', '--book-batches', '3', '--floor-epochs', '1',
-         '--loss-blocks', '1', '--whole-epochs', '1']
+         '--loss-blocks', '1', '--whole-epochs', '1', '--contended-epochs', '2']
 
 
 def environment(tmp):
@@ -74,6 +75,7 @@ BAD_FLAGS = {
     'zero floor epochs': (['--floor-epochs', '0'], '--floor-epochs'),
     'negative whole runs': (['--whole-runs', '-1'], '--whole-runs'),
     'too many whole runs': (['--whole-runs', '10'], '--whole-runs'),
+    'negative contended epochs': (['--contended-epochs', '-1'], '--contended-epochs'),
     'unknown device': (['--device', 'tpu'], '--device'),
     'empty data dir': (['--data-dir', ''], '--data-dir'),
     'zero loss blocks': (['--loss-blocks', '0'], '--loss-blocks'),
@@ -158,17 +160,26 @@ def test_a_tiny_run_times_every_pipeline_and_writes_bench_json(runs):
     assert [len(s) for s in pipelines['floor']['seconds_by_round'].values()] == [1, 1, 1]
     assert 0 < pipelines['ours']['test_acc'] <= 1 and 0 <= pipelines['book']['test_acc'] <= 1
     assert 'whole_command' not in report and 'whole_over_floor' not in ratios  # --whole-runs 0
-    for key in ('book_over_ours', 'ours_over_floor'):
+    for key in ('book_over_ours', 'ours_over_floor', 'contended_over_floor', 'contended_worst_over_floor'):
         assert ratios[key] > 0
+    contended = pipelines['contended']
+    assert len(contended['seconds']) == 2 and set(contended['threads_by_epoch']) <= {1, torch.get_num_threads()}
+    floor = pipelines['floor']['median_seconds']
+    assert ratios['contended_worst_over_floor'] == pytest.approx(contended['seconds'][1] / floor)
     assert set(report['cross_entropy']) == {'256x10', '8192x1000', '32x10x64x64', '131072x10'}
     assert report['machine']['cpu'] and report['machine']['cores'] >= 1
     assert report['threads']['ours'] >= 1 and report['torch_version'] == str(torch.__version__)
-    # bench.py sets no OpenMP variable: the book's process runs in the environment it was given
+    # bench.py's parent never imports machinery.threads: the book's process runs in the environment it
+    # was given, train.py's in the one machinery.threads sets
     assert report['thread_environment']['book'] == {}
+    assert report['thread_environment']['ours']['MKL_CBWR'] == 'AUTO,STRICT'
+    strict = threads.gemms_reproducible_across_thread_counts()  # False only where torch has no MKL
+    assert report['mkl_strict'] == {'ours': strict, 'book': False}
     lines = out.splitlines()
     assert lines[0].startswith('cpu ') and 'torch ' in lines[0] and 'threads' in lines[0]
     for fragment in ('book: DataLoader', 'train.py: resident tensors', 'floor: gather',
-                     'book / ours', 'ours / floor', 'cross_entropy fwd+bwd 256x10',
+                     'train.py beside a busy process', 'book / ours', 'ours / floor',
+                     'contended / floor', 'cross_entropy fwd+bwd 256x10',
                      'cross_entropy fwd+bwd 131072x10 (the same, flattened)'):
         assert any(fragment in line for line in lines), fragment
     assert lines[-1] == f"wrote {base / 'out' / 'tiny' / 'bench.json'}"
@@ -180,8 +191,8 @@ def test_whole_runs_alternate_and_the_floor_counts_the_faster_run_of_each_epoch(
     floor_result = json.dumps(dict(floor=dict(seconds=[0.1, 0.1], total=0.5)))
     train_command = [sys.executable, '-c', "import time; time.sleep(0.3)"]
     floor_command = [sys.executable, '-c', f"import time; time.sleep(0.6); print({floor_result!r})"]
-    children = bench.Children(str(tmp_path))
-    pairs = [bench.whole_pair(children, train_command, floor_command, index) for index in range(2)]
+    children = bench_children.Children(str(tmp_path))
+    pairs = [bench_children.whole_pair(children, train_command, floor_command, index) for index in range(2)]
     assert [what for what, _ in children.log] == ['the whole command (train.py)', 'the whole command (floor)',
                                                   'the whole command (floor)', 'the whole command (train.py)']
     for pair in pairs:
@@ -202,17 +213,46 @@ def test_ctrl_c_or_kill_exits_130_kills_the_children_and_removes_the_work_folder
 
 
 def test_a_child_that_fails_becomes_one_line(tmp_path):
-    children = bench.Children(str(tmp_path))
-    with pytest.raises(bench.ChildFailed, match=r"^the test child failed \(exit 3\): something broke$"):
+    children = bench_children.Children(str(tmp_path))
+    with pytest.raises(bench_children.ChildFailed, match=r"^the test child failed \(exit 3\): something broke$"):
         children.run([sys.executable, '-c', "import sys; print('error: something broke', file=sys.stderr); "
                       "sys.exit(3)"], 'the test child')
-    with pytest.raises(bench.ChildFailed, match="killed by SIGKILL"):
+    with pytest.raises(bench_children.ChildFailed, match="killed by SIGKILL"):
         children.run([sys.executable, '-c', 'import os, signal; os.kill(os.getpid(), signal.SIGKILL)'],
                      'the test child')
     with pytest.raises(bench.cli.InputError, match=r"^bad flag$"):
         children.run([sys.executable, '-c', "import sys; print('error: bad flag', file=sys.stderr); sys.exit(2)"],
                      'the test child')
     assert children.running == []
+
+
+def process_state(pid):
+    """The state letter of /proc/PID/stat ('R' running, 'Z' exited, not yet reaped), None if gone."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_the_busy_neighbour_is_busy_and_dies_with_the_process_that_started_it():
+    with bench_children.busy_neighbour() as neighbour:
+        assert process_state(neighbour.pid) in ('R', 'S')
+    assert neighbour.returncode is not None  # killed and reaped when the block ends
+    # a process killed outright cannot clean up: its neighbour goes anyway (PR_SET_PDEATHSIG)
+    code = ("import time\nfrom machinery.bench_children import busy_neighbour\n"
+            "with busy_neighbour() as neighbour:\n    print(neighbour.pid, flush=True)\n    time.sleep(60)")
+    process = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(process.stdout.readline())
+        assert process_state(pid) in ('R', 'S')
+    finally:
+        process.kill()
+        finish(process)
+    deadline = time.monotonic() + 10
+    while process_state(pid) not in (None, 'Z') and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_state(pid) in (None, 'Z')
 
 
 # ------------------------------------------------------------------ in this process: the measurements' code
@@ -237,7 +277,7 @@ def test_loss_timings_report_a_shape_the_scratch_loss_refuses_as_unsupported(mon
     assert 'ratio' not in kdim and 'scratch' not in kdim
     assert flat['flattened'] and flat['ratio'] > 0 and results['8x10']['ratio'] > 0
     report = dict(cross_entropy=results)
-    lines = [line for line in bench.printout_losses(report) if '2x10x4x4' in line]
+    lines = [line for line in bench_report.printout_losses(report) if '2x10x4x4' in line]
     assert lines and 'scratch unsupported (ValueError' in lines[0]
 
 
