@@ -1,5 +1,6 @@
-"""What the tests that run a script as a user would share: where the scripts are, starting one, waiting
-for it, reading its one line, and the moments a signal is sent at."""
+"""What the tests share: where the scripts are; starting one, signalling it at a chosen moment, waiting for it
+and reading its one line; train.py's main() run in this process; a disk that fills and a clock for what
+could hang."""
 import contextlib
 import csv
 import os
@@ -7,9 +8,34 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+@contextlib.contextmanager
+def released_locks():
+    """Output folders locked inside the block, by a script's main() called in this process, are released at
+    its end, as they are when a process ends."""
+    from machinery import cli
+    held = len(cli._locks)
+    try:
+        yield
+    finally:
+        while len(cli._locks) > held:
+            os.close(cli._locks.pop())
+
+
+def train_in_process(datasets, *argv):
+    """train.main(['--device', 'cpu', *ARGV]) in this process on `datasets` (the session's copy of the data,
+    not read again from its files): the exit code."""
+    import train
+    with pytest.MonkeyPatch.context() as patch, released_locks():
+        patch.setattr(train.data, 'load_fashion_mnist', lambda *args, **kwargs: datasets)
+        return train.main(['--device', 'cpu', *map(str, argv)])
 
 
 def root_scripts():
@@ -21,12 +47,12 @@ def root_scripts():
     return sorted(name for name in os.listdir(ROOT) if name.endswith('.py') and is_program(name))
 
 
-def start(script, *args, cwd=ROOT, env=None, shell_suffix='', **popen):
-    """`python SCRIPT ARGS` started with text pipes; shell_suffix (e.g. '> /dev/full 2>&-') runs it
-    through sh with those redirections."""
+def start(script, *args, cwd=ROOT, env=None, shell_prefix='', shell_suffix='', **popen):
+    """`python SCRIPT ARGS` started with text pipes; shell_prefix (e.g. 'ulimit -d 1000; ') and shell_suffix
+    (e.g. '> /dev/full 2>&-') run it through sh, with those limits and redirections."""
     command = [sys.executable, os.path.join(ROOT, script), *map(str, args)]
-    if shell_suffix:
-        command = ['sh', '-c', f'exec "$0" "$@" {shell_suffix}', *command]
+    if shell_prefix or shell_suffix:
+        command = ['sh', '-c', f'{shell_prefix}exec "$0" "$@" {shell_suffix}', *command]
     streams = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     return subprocess.Popen(command, cwd=cwd, env=env, text=True, **{**streams, **popen})
 
@@ -64,12 +90,47 @@ def handlers_installed(pid):
     return False
 
 
+def has_open(pid, fragment):
+    """Whether process `pid` has a file whose path contains `fragment` open right now."""
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f'/proc/{pid}/fd'):
+            with contextlib.suppress(OSError):
+                if fragment in os.readlink(f'/proc/{pid}/fd/{fd}'):
+                    return True
+    return False
+
+
+def send_when(process, sig, moment, timeout=120):
+    """Send `sig` to a started process as soon as moment(its pid) holds; then (exit code, stdout, stderr)."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if moment(process.pid):
+            process.send_signal(sig)
+            break
+        time.sleep(0.005)
+    return finish(process)
+
+
 def torch_is_loading(pid):
     """Whether process `pid` has mapped libtorch: it is importing torch or past that."""
     with contextlib.suppress(OSError):
         with open(f'/proc/{pid}/maps') as maps:
             return 'libtorch' in maps.read()
     return False
+
+
+@contextlib.contextmanager
+def no_longer_than(seconds):
+    """Fail instead of hanging when something blocks (opening a FIFO waits for a writer forever)."""
+    def fail(signum, frame):
+        raise TimeoutError(f"still blocked after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @contextlib.contextmanager

@@ -1,21 +1,16 @@
 """model.py: O = XW + b with the book's shapes and initialisation, the checkpoint round trip, every kind of
-checkpoint that is not one, and `python model.py` run as a user runs it (exit codes, one line, signals,
-closed streams)."""
-import contextlib
+checkpoint that is not one, and what `python model.py` prints for good and bad checkpoints."""
 import io
 import os
-import signal
-import subprocess
-import sys
-import time
 import warnings
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 import data
+from helpers import assert_one_line_error, no_longer_than
+from machinery import cli
 from machinery.records import MAX_CHECKPOINT_BYTES
 from model import CheckpointError, SoftmaxRegression, load_checkpoint, main
 
@@ -258,25 +253,8 @@ def test_main_refuses_bad_command_lines_with_one_line_and_exit_2(argv, message, 
     assert err.startswith('model.py: error: ') and message in err and err.count('\n') == 1
 
 
-# ---------------------------------------------------------------- python model.py, as a user runs it
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL_PY = os.path.join(ROOT, 'model.py')
-ENV = {name: value for name, value in os.environ.items() if name not in (data.ENV_VAR, 'TRACEBACK')}
-
-
-def _command(*args, close_stderr=False):
-    """`python model.py ARGS`, through sh for `2>&-`."""
-    command = [sys.executable, MODEL_PY, *args]
-    return ['sh', '-c', 'exec "$0" "$@" 2>&-', *command] if close_stderr else command
-
-
-def _one_line(err):
-    assert 'Traceback' not in err and 'Warning' not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
-
+# ---------------------------------------------------------------- python model.py, through cli.run
+# What the script does as a process (exit codes, signals, closed streams) is tests/test_contract.py's.
 
 def _nearest_mean_model(fashion_mnist):
     """A model worth evaluating, in a fraction of a second: the nearest class mean as O = XW + b,
@@ -291,48 +269,48 @@ def _nearest_mean_model(fashion_mnist):
 
 
 @pytest.fixture(scope='module')
-def model_py_runs(tmp_path_factory, fashion_mnist):
-    """Every `python model.py` that runs to its end, started three at a time (each imports torch: about
-    0.5 GB and seconds of CPU on a shared machine), each in an empty folder of its own."""
-    base = tmp_path_factory.mktemp('model-py')
+def checkpoints(tmp_path_factory, fashion_mnist):
+    """{name: path} of the checkpoints `python model.py` is given below, and the good one's accuracy."""
+    base = tmp_path_factory.mktemp('checkpoints')
     model = _nearest_mean_model(fashion_mnist)
     with torch.no_grad():
         accuracy = float((model(fashion_mnist[2].float() / 255).argmax(1) == fashion_mnist[3]).float().mean())
     good = {'model': model.state_dict(), 'config': {'recipe': 'textbook', 'loss': 'scratch'}, 'epoch': 3}
-    checkpoints = {
+    paths = {name: str(_save(checkpoint, base / f"{name.replace(' ', '-')}.pt")) for name, checkpoint in {
         'good': good,
         'nan weights': dict(good, model=_state(W=torch.full((784, 10), float('nan')))),
         'a class of its own': dict(good, extra=NotATensor()),
-    }
-    paths = {name: str(_save(checkpoint, base / f"{name.replace(' ', '-')}.pt"))
-             for name, checkpoint in checkpoints.items()}
-    os.mkfifo(base / 'fifo.pt')
-    data_dir = data.find_data_dir(download=False)
-    runs = {name: _command(path, '--data-dir', data_dir) for name, path in paths.items()}
-    runs['fifo'] = _command(str(base / 'fifo.pt'), '--data-dir', data_dir)  # opening it would wait forever
-    runs['stderr closed'] = _command(paths['nan weights'], '--data-dir', data_dir, close_stderr=True)
-    cwds = {name: base / 'cwd' / name.replace(' ', '-') for name in runs}
-
-    def run(name):
-        cwds[name].mkdir(parents=True)
-        try:
-            result = subprocess.run(runs[name], cwd=cwds[name], env=ENV, capture_output=True, text=True, timeout=300)
-            return result.returncode, result.stdout, result.stderr
-        except subprocess.TimeoutExpired as timeout:
-            return 'timed out', timeout.stdout, timeout.stderr
-    with ThreadPoolExecutor(3) as pool:
-        results = dict(zip(runs, pool.map(run, runs)))
-    return results, paths, cwds, accuracy
+    }.items()}
+    os.mkfifo(base / 'fifo.pt')  # opening it would wait for a writer forever
+    paths['fifo'] = str(base / 'fifo.pt')
+    return paths, accuracy
 
 
-def test_model_py_prints_what_the_checkpoint_holds_and_its_test_accuracy(model_py_runs):
-    results, paths, cwds, accuracy = model_py_runs
-    code, out, err = results['good']
+@pytest.fixture
+def model_py(tmp_path, monkeypatch, capsys):
+    """cli.run(model.main, argv), as `python model.py ARGV` runs it, in an empty folder:
+    (exit code, stdout, stderr, the folder); a warning torch would print fails the test."""
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.delenv('TRACEBACK', raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def run(*argv):
+        with no_longer_than(60), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            code = cli.run(main, list(argv))
+        assert caught == []  # each would be a line of its own on stderr
+        return (code, *capsys.readouterr(), tmp_path)
+    return run
+
+
+def test_model_py_prints_what_the_checkpoint_holds_and_its_test_accuracy(model_py, checkpoints):
+    paths, accuracy = checkpoints
+    code, out, err, folder = model_py(paths['good'], '--data-dir', data.find_data_dir(download=False))
     assert code == 0 and err == ''
     assert out == f"{paths['good']}: epoch 3, textbook recipe, scratch loss; W (784, 10), b (10,); " \
                   f"test accuracy {accuracy:.4f}\n"
     assert 0.6 < accuracy < 0.8  # the nearest class mean: a real result, not chance's 0.1
-    assert os.listdir(cwds['good']) == []
+    assert os.listdir(folder) == []
 
 
 @pytest.mark.parametrize('case, fragments', [
@@ -340,51 +318,8 @@ def test_model_py_prints_what_the_checkpoint_holds_and_its_test_accuracy(model_p
     ('a class of its own', ['refused to load: it asks for the Python object', 'NotATensor']),
     ('fifo', ['fifo.pt: is a FIFO (named pipe), not a checkpoint file']),
 ])
-def test_model_py_refuses_bad_input_with_one_line_and_exit_2(model_py_runs, case, fragments):
-    results, _, cwds, _ = model_py_runs
-    code, out, err = results[case]
-    assert code == 2, (code, err)
-    line = _one_line(err)
-    assert all(fragment in line for fragment in fragments), line
-    assert 'weights_only' not in line and 'accuracy' not in out and out == ''
-    assert os.listdir(cwds[case]) == []
-
-
-def test_model_py_with_stderr_closed_still_exits_2(model_py_runs):
-    results, _, cwds, _ = model_py_runs
-    assert results['stderr closed'] == (2, '', '')
-    assert os.listdir(cwds['stderr closed']) == []
-
-
-def _torch_is_loading(pid):
-    """Whether process `pid` has mapped libtorch: it is importing torch (after cli.start()) or past that."""
-    with contextlib.suppress(OSError):
-        with open(f'/proc/{pid}/maps') as maps:
-            return 'libtorch' in maps.read()
-    return False
-
-
-@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['ctrl-c', 'kill'])
-def test_model_py_interrupted_while_loading_exits_130_with_one_line(model_py_runs, tmp_path, sig):
-    process = subprocess.Popen(_command(model_py_runs[1]['good']), cwd=tmp_path, env=ENV, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    while process.poll() is None and time.monotonic() < deadline:
-        if _torch_is_loading(process.pid):
-            process.send_signal(sig)
-            break
-        time.sleep(0.01)
-    out, err = process.communicate(timeout=300)
-    assert process.returncode == 130, (process.returncode, err)
-    assert _one_line(err) == 'interrupted' and out == ''
-    assert os.listdir(tmp_path) == []
-
-
-def test_model_py_with_stdout_closed_keeps_its_exit_code_and_says_so(model_py_runs, tmp_path):
-    # `python model.py model.pt | head -c 0`: the reader is gone before the result is printed
-    process = subprocess.Popen(_command(model_py_runs[1]['good'], '--data-dir', data.find_data_dir(download=False)),
-                               cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    process.stdout.close()
-    err = process.stderr.read()
-    assert process.wait(timeout=300) == 0
-    assert _one_line(err).startswith('note: standard output could not be written')
+def test_model_py_refuses_bad_input_with_one_line_and_exit_2(model_py, checkpoints, case, fragments):
+    code, out, err, folder = model_py(checkpoints[0][case], '--data-dir', data.find_data_dir(download=False))
+    assert (code, out) == (2, '')
+    assert_one_line_error(err, 'error: ', *fragments)
+    assert 'weights_only' not in err and os.listdir(folder) == []
