@@ -40,7 +40,7 @@ WINDOW_SECONDS = 0.2  # one reading of the machine's load
 QUIET_CORES = 0.25  # others' CPU time, in cores, below which a core counts as free
 BLOCK_STEPS, WARMUP_STEPS = 16, 2  # a trial block: steps timed after a switch, and steps ignored first
 PAIRS = 3  # trial blocks per count, interleaved
-FASTER = 0.85  # all threads win a pair when their median step takes at most this fraction of one's
+FASTER = 0.9  # all threads win a pair when their median step takes at most this fraction of one's
 SLOWER = 2.0  # on all threads, steps taking this many times the trial's median, on average, drop to one
 RETRY_SECONDS = (1, 2, 4, 8, 16)  # after each lost trial in a row
 

@@ -120,8 +120,6 @@ def cut_out(item, rng, style):
 BACKDROPS = {  # name -> (pixels, alpha) from (item, rng)
     'dark on gray 110': lambda item, rng: on_backdrop(item, rng, 110),
     'light on gray 150': lambda item, rng: on_backdrop(item, rng, 150, dark=False),
-    'dark on dark gray 60': lambda item, rng: on_backdrop(item, rng, 60),
-    'light on dark gray 60': lambda item, rng: on_backdrop(item, rng, 60, dark=False),
     'dark touching the frame': lambda item, rng: on_backdrop(item, rng, 200, touching=True),
     'dark on noise': lambda item, rng: on_backdrop(item, rng, 170, kind='noise'),
     'light on stripes': lambda item, rng: on_backdrop(item, rng, 90, dark=False, kind='stripes'),
