@@ -35,7 +35,6 @@ if __name__ == '__main__':  # before anything slow: Ctrl-C or kill from here on 
     cli.start()
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -71,22 +70,6 @@ def synchronizer(device):
     return torch.cuda.synchronize if str(device).startswith('cuda') else (lambda: None)
 
 
-def torchvision_root(data_dir, work_dir):
-    """torchvision's FashionMNIST wants root/FashionMNIST/raw/<uncompressed files>: made inside work_dir,
-    a folder the parent owns and removes however the run ends (even if this process is killed)."""
-    root = os.path.join(work_dir, 'torchvision')
-    raw = os.path.join(root, 'FashionMNIST', 'raw')
-    os.makedirs(raw)
-    for name in os.listdir(data_dir):
-        source = os.path.join(data_dir, name)
-        if name.endswith('.gz'):
-            with gzip.open(source) as f_in, open(os.path.join(raw, name[:-3]), 'wb') as f_out:
-                shutil.copyfileobj(f_in, f_out)
-        elif 'ubyte' in name:
-            shutil.copy(source, raw)
-    return root
-
-
 def book_pipeline(epochs, data_dir, work_dir, device, max_batches=None):
     """The book's concise implementation (d2l 3.7), timed per epoch: train pass + test accuracy.
     max_batches (tests only) stops each pass early."""
@@ -97,7 +80,9 @@ def book_pipeline(epochs, data_dir, work_dir, device, max_batches=None):
     from torch import nn
     from torch.utils import data as torch_data
     from torchvision import transforms
-    root = torchvision_root(data_dir, work_dir)
+
+    import data
+    root = data.torchvision_root(data_dir, work_dir)  # a folder the parent removes however the run ends
     train_set = torchvision.datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor())
     test_set = torchvision.datasets.FashionMNIST(root, train=False, transform=transforms.ToTensor())
     torch.manual_seed(0)

@@ -29,7 +29,6 @@ import gzip
 import math
 import os
 import shutil
-import stat
 import zlib
 
 import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
@@ -164,30 +163,21 @@ _GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)  # BadGzipFile is an OSE
 
 @contextlib.contextmanager
 def _open_idx(path):
-    """(stream of the file's IDX bytes, its size on disk): decompressed for .gz, as it is otherwise.
-
-    Only a regular file is opened, and it is opened non-blocking so that a FIFO swapped in after the check
-    cannot hang us; fstat then confirms what was opened (O_NONBLOCK changes nothing for a regular file)."""
-    problem = cli.not_a_regular_file(path)
-    if problem:
-        raise DataError(f"{path}: {problem}; expected a Fashion-MNIST data file")
+    """(stream of the file's IDX bytes, its size on disk): decompressed for .gz, as it is otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
-    with open(fd, 'rb') as raw:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise DataError(f"{path}: is not a regular file; expected a Fashion-MNIST data file")
+        raw, size = cli.open_regular_file(path)
+    except cli.NotAFile as why:
+        raise DataError(f"{path}: {why}; expected a Fashion-MNIST data file") from None
+    with raw:
         if not path.endswith('.gz'):
-            yield raw, info.st_size
+            yield raw, size
             return
-        start = os.pread(fd, 4, 0)
+        start = os.pread(raw.fileno(), 4, 0)
         if start[:2] != GZIP_SIGNATURE and start[:3] == b'\x00\x00\x08':  # IDX's magic: a raw file named .gz
             raise DataError(f"{path}: this is an uncompressed IDX file, not gzip; name it "
                             f"{os.path.basename(path)[:-3]} or compress it")
         with gzip.GzipFile(fileobj=raw, mode='rb') as unzipped:
-            yield unzipped, info.st_size
+            yield unzipped, size
 
 
 def _read_into(stream, buffer):

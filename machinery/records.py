@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import re
-import stat
 import statistics
 import time
 import warnings
@@ -298,21 +297,15 @@ def _load_failure(path, error, is_zip):
 def _torch_load(path, map_location):
     """torch.load(path) with weights_only=True, after checking what the file is and how big; the object,
     or CheckpointError with one line."""
-    problem = cli.not_a_regular_file(path, 'a checkpoint file')
-    if problem:
-        raise CheckpointError(f"{path}: {'no such file' if problem == 'does not exist' else problem}")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO swapped in cannot block us
-    except OSError as error:
-        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
-    with open(fd, 'rb') as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise CheckpointError(f"{path}: is not a regular file, not a checkpoint file")
-        if info.st_size == 0:
+        f, size = cli.open_regular_file(path, 'a checkpoint file')
+    except cli.NotAFile as why:
+        raise CheckpointError(f"{path}: {'no such file' if str(why) == 'does not exist' else why}") from None
+    with f:
+        if size == 0:
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (the file is empty)")
-        if info.st_size > MAX_CHECKPOINT_BYTES:
-            raise CheckpointError(f"{path}: {info.st_size:,} bytes, far more than a checkpoint of this model "
+        if size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"{path}: {size:,} bytes, far more than a checkpoint of this model "
                                   f"(about 33 KB); not a train.py checkpoint")
         try:
             # A zip's directory says how big each entry unpacks to: a compressed bomb is refused from it.
