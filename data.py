@@ -32,7 +32,7 @@ import shutil
 import zlib
 
 import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from machinery import cli
+from machinery import cli, reading
 
 if __name__ == '__main__':
     cli.start()  # before torch's import: Ctrl-C during it is a clean exit 130, and the streams are guarded
@@ -95,7 +95,7 @@ def _missing_files(folder):
         for name in (images, labels):
             if _locate(name, folder):
                 continue
-            odd = [f"has {candidate}, but it {cli.not_a_regular_file(os.path.join(folder, candidate))}"
+            odd = [f"has {candidate}, but it {reading.not_a_regular_file(os.path.join(folder, candidate))}"
                    for candidate in (name, name + '.gz') if os.path.lexists(os.path.join(folder, candidate))]
             if odd:
                 unusable += odd
@@ -165,8 +165,8 @@ _GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)  # BadGzipFile is an OSE
 def _open_idx(path):
     """(stream of the file's IDX bytes, its size on disk): decompressed for .gz, as it is otherwise."""
     try:
-        raw, size = cli.open_regular_file(path)
-    except cli.NotAFile as why:
+        raw, size = reading.open_regular_file(path)
+    except reading.NotAFile as why:
         raise DataError(f"{path}: {why}; expected a Fashion-MNIST data file") from None
     with raw:
         if not path.endswith('.gz'):

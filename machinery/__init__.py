@@ -3,6 +3,7 @@
     threads.py          how many CPU threads the step loop uses, and the environment torch must load with
     cli.py              the process contract: one-line errors, exit codes, signals, closed streams, atomic
                         files, the output folder's check and lock
+    reading.py          input files opened safely: regular files only, nothing that can block
     steps.py            the step loop's one hook: Ctrl-C, the thread choice, the progress bar
     records.py          a run's files: history.csv, metrics.json, model.pt (saved and loaded), compare
     metrics.py          calibration: how far the softmax's confidence can be trusted

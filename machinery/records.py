@@ -22,7 +22,7 @@ import torch
 
 import data
 from losses import LOSSES, softmax
-from machinery import cli, metrics, plots
+from machinery import cli, metrics, plots, reading
 from machinery.cli import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, OutputError, write_atomically, write_text
 
 HISTORY_COLUMNS = ['epoch', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds']
@@ -298,8 +298,8 @@ def _torch_load(path, map_location):
     """torch.load(path) with weights_only=True, after checking what the file is and how big; the object,
     or CheckpointError with one line."""
     try:
-        f, size = cli.open_regular_file(path, 'a checkpoint file')
-    except cli.NotAFile as why:
+        f, size = reading.open_regular_file(path, 'a checkpoint file')
+    except reading.NotAFile as why:
         raise CheckpointError(f"{path}: {'no such file' if str(why) == 'does not exist' else why}") from None
     with f:
         if size == 0:
