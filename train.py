@@ -6,7 +6,7 @@
 
 Everything lands in --out (outputs/): history.csv, curves.png, metrics.json, model.pt after every epoch;
 predictions.png, weights.png, confusion.png, confidence.png from the last finished epoch when the run
-ends, fails or is interrupted (machinery/records.py). Exit codes: 0 done, 1 diverged, 2 bad input, 130 interrupted.
+ends, fails or is interrupted (machinery/records.py). `--help` lists the flags and the exit codes.
 """
 import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
 from machinery import cli
