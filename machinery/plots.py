@@ -235,19 +235,23 @@ def plot_confidence(calibration):
     coverage_axes.axhline(target, color='tab:green', linestyle=':', label=f"{target:.0%} accuracy")
     everything = calibration['accuracy']
     coverage_axes.plot([1], [everything], 'o', color='black')
-    coverage_axes.annotate(f"answer everything:\n{everything:.1%} right", (1, everything), xytext=(-10, -30),
-                           textcoords='offset points', ha='right', fontsize=9)
+    low = min(curve['accuracy'] + [everything, target])
+    room_below = everything - max(0, low - 0.05) > 0.15 * (1.005 - max(0, low - 0.05))  # else it is cut off
+    coverage_axes.annotate(f"answer everything:\n{everything:.1%} right", (1, everything),
+                           xytext=(-10, -30 if room_below else 12), textcoords='offset points', ha='right',
+                           fontsize=9)
     if calibration['threshold'] is not None:
         coverage, answered = calibration['coverage'], calibration['answered_accuracy']
         coverage_axes.plot([coverage], [answered], 'o', color='tab:green', markersize=8)
         coverage_axes.axvline(coverage, color='tab:green', linestyle=':', linewidth=1)
+        side = 'left' if coverage < 0.3 else 'right' if coverage > 0.7 else 'center'  # the text stays inside
         coverage_axes.annotate(f"answer only when confidence ≥ {calibration['threshold']:.3f}:\n"
                                f"{coverage:.1%} of the examples answered, {answered:.1%} right",
-                               (coverage, answered), xytext=(-12, -40), textcoords='offset points', ha='right',
-                               fontsize=9, arrowprops=dict(arrowstyle='->', color='tab:green'))
+                               (coverage, answered), xytext=({'left': 12, 'right': -12, 'center': 0}[side], -40),
+                               textcoords='offset points', ha=side, fontsize=9,
+                               arrowprops=dict(arrowstyle='->', color='tab:green'))
     else:
         coverage_axes.text(0.5, target, f"no threshold reaches {target:.0%}", ha='center', va='bottom')
-    low = min(curve['accuracy'] + [everything, target])
     coverage_axes.set(xlim=(0, 1.02), ylim=(max(0, low - 0.05), 1.005),
                       xlabel='coverage: share of the examples answered (the most confident first)',
                       ylabel='accuracy', title='(b) abstaining below a confidence threshold')

@@ -150,6 +150,8 @@ def plot_sweep_curves(histories, title):
     for axes in (loss_axes, acc_axes):
         axes.grid(alpha=0.3, which='both')
         axes.xaxis.get_major_locator().set_params(integer=True)
+        if max(len(history) for history, _ in histories.values()) == 1:
+            axes.set_xticks([1])  # one epoch: no fractional ticks around it
     # Plain numbers on the log axis (0.5, not 5 x 10^-1). Minor ticks are labelled while they fit: all of
     # them over a factor of 3, those starting with 2, 3 or 5 over two decades, none beyond.
     bottom, top = loss_axes.get_ylim()
