@@ -29,7 +29,7 @@ process, end: ours again; the whole-command runs spread over the three):
 An epoch is one pass over the 60,000 training images plus the accuracy on the 10,000 test images.
 Writes --out/bench.json. Exit codes: 0 done, 1 something broke, 2 bad input, 130 interrupted.
 """
-from machinery import cli
+from support import cli
 
 if __name__ == '__main__':  # before anything slow: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -43,13 +43,13 @@ import sys
 import tempfile
 import time
 
-from machinery.bench_children import ChildFailed, Children, busy_neighbour, peak_rss_mb, whole_pair
-from machinery.bench_report import ROUNDS, printout, summarize
+from helpers.bench_children import ChildFailed, Children, busy_neighbour, peak_rss_mb, whole_pair
+from helpers.bench_report import ROUNDS, printout, summarize
 
-# Nothing here imports torch, nor machinery.threads, at module level (the first import of an entry point
+# Nothing here imports torch, nor support.threads, at module level (the first import of an entry point
 # elsewhere): the parent only starts processes and reads their results, so a bad flag costs no torch
 # import, and its children inherit the user's environment untouched. The processes that run train.py's
-# pipeline or the floor import train first, and so machinery.threads and the environment it sets
+# pipeline or the floor import train first, and so support.threads and the environment it sets
 # (MKL_CBWR, GOMP_SPINCOUNT) before torch loads; the book's process never does.
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -266,7 +266,7 @@ def loss_timings(blocks, max_threads=None):
 def child_main(spec):
     """One measurement, in this fresh process; prints its result as one JSON line."""
     kind = spec['kind']
-    if kind == 'book':  # the user's environment: data.py, an entry point too, imports machinery.threads,
+    if kind == 'book':  # the user's environment: data.py, an entry point too, imports support.threads,
         user_environment = dict(os.environ)  # whose settings must not reach the book's torch and MKL
         import torch
 
@@ -305,7 +305,7 @@ def child_main(spec):
     if device == 'cuda':
         result['peak_cuda_mb'] = torch.cuda.max_memory_allocated() / 2**20
     result['peak_rss_mb'] = peak_rss_mb()
-    from machinery.threads import gemms_reproducible_across_thread_counts  # loaded by data.py already
+    from support.threads import gemms_reproducible_across_thread_counts  # loaded by data.py already
     result['mkl_strict'] = gemms_reproducible_across_thread_counts()  # what the GEMMs above ran under
     print(json.dumps(result))
     return 0

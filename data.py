@@ -31,8 +31,8 @@ import os
 import shutil
 import zlib
 
-import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from machinery import cli, reading
+import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
+from support import cli, reading
 
 if __name__ == '__main__':
     cli.start()  # before torch's import: Ctrl-C during it is a clean exit 130, and the streams are guarded

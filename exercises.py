@@ -11,8 +11,8 @@
   3.6.5  softmax regression with q = 10 ... 100,000 classes (next-word prediction): time, memory, float16
 Exit codes: 0 done, 2 bad input (an unknown exercise, an output folder that cannot be written), 130 interrupted.
 """
-import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from machinery import cli
+import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
+from support import cli
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -144,7 +144,7 @@ def logsumexp_sweep(x, lambdas):
 
 
 def exercise_3_4_3(out):
-    from machinery import plots, plots_exercises
+    from helpers import plots, plots_exercises
     a, b = 1.0, 2.0
     d = torch.linspace(-8, 8, 401, dtype=torch.float64)
     pairs = torch.stack([d, torch.zeros_like(d)], 1)  # (a - b, 0): the excess depends on a - b only
@@ -237,7 +237,7 @@ def reading_times(images, labels, root, batch_sizes=BATCH_SIZES, book_batches=BO
 
 
 def exercise_3_5_1(out, loaded=None):
-    from machinery import plots, plots_exercises
+    from helpers import plots, plots_exercises
     images, labels = (loaded or fashion_mnist())[:2]
     with tempfile.TemporaryDirectory() as work:
         rows = reading_times(images, labels, data.torchvision_root(data.find_data_dir(), work))
@@ -361,7 +361,7 @@ def sampled_softmax_step(model, X, y, k, lr, generator):
 
 
 def exercise_3_6_5(out, d=128, n=256):
-    from machinery import plots, plots_exercises
+    from helpers import plots, plots_exercises
     rows = step_costs(d=d, n=n)
     print(f"  one step (forward, closed-form gradient, update) at feature size d = {d}, n = {n} examples:")
     print(f"  {'q':>8}{'ms/step':>10}{'params d*q+q':>14}{'MB':>9}{'float16 loss':>14}{'min p float16':>15}")

@@ -15,7 +15,7 @@ Three levels of care:
                                         gradient softmax(o) - y: train.py's step
   cross_entropy                         the same loss with every option of
                                         torch.nn.functional.cross_entropy
-                                        (machinery/cross_entropy.py): --loss
+                                        (helpers/cross_entropy.py): --loss
                                         scratch's evaluation and per-example losses
 
 Run `python losses.py [--out DIR]` for the worked examples, a table of the
@@ -25,8 +25,8 @@ logit scales, and DIR/stability.png (default outputs/).
 
 import sys
 
-import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from machinery import cli
+import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
+from support import cli
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -128,7 +128,7 @@ def cross_entropy_with_grad(O, y):
 
 
 # F.cross_entropy's complete equivalent, every shape and option, built on the functions above
-from machinery.cross_entropy import cross_entropy  # noqa: E402
+from helpers.cross_entropy import cross_entropy  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # accuracy
@@ -175,14 +175,14 @@ LOSSES = {
     'torch': nn.functional.cross_entropy,  # what nn.CrossEntropyLoss() calls: the reference
 }
 
-# the demo's names, still importable from here: they live in machinery/loss_demo.py
+# the demo's names, still importable from here: they live in helpers/loss_demo.py
 _DEMO_NAMES = ('EPS', 'STAGES', 'max_subtracted_loss', 'stability_table', 'where_each_stage_breaks',
                'gradient_rows')
 
 
 def __getattr__(name):
     if name in _DEMO_NAMES:
-        from machinery import loss_demo
+        from helpers import loss_demo
         return getattr(loss_demo, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -194,7 +194,7 @@ def main(argv=None):
     since sys.argv is not ours to read there. Returns the exit code; raises cli.InputError for an
     output folder that cannot be written.
     """
-    from machinery import loss_demo  # matplotlib is slow to import, and only the demo draws
+    from helpers import loss_demo  # matplotlib is slow to import, and only the demo draws
     parser = cli.ArgumentParser(prog='losses.py', description=__doc__.strip().split('\n')[0])
     parser.add_argument('--out', default='outputs', type=cli.non_empty,
                         help="folder for stability.png (default outputs)")

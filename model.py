@@ -9,8 +9,8 @@ saying why, 130 interrupted.
 """
 import sys
 
-import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from machinery import cli
+import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
+from support import cli
 
 if __name__ == '__main__':
     cli.start()  # before torch's import: Ctrl-C during it is a clean exit 130, and the streams are guarded
@@ -20,7 +20,7 @@ from torch import nn
 
 import data
 from data import NUM_CLASSES, NUM_INPUTS
-from machinery.records import CheckpointError, field, load_checkpoint  # noqa: F401 -- model.load_checkpoint, as before
+from helpers.records import CheckpointError, field, load_checkpoint  # noqa: F401 -- model.load_checkpoint, as before
 
 
 class SoftmaxRegression(nn.Module):

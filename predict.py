@@ -5,7 +5,7 @@
 
 The model learned from Fashion-MNIST's form of an image: a light item on a black background, trimmed,
 centred, 28x28. A photo is an item on a floor, a bed or a door, large and off-centre, so a plain resize
-gives nonsense. machinery/photo.py separates the item from its background (OpenCV's GrabCut), makes it a
+gives nonsense. helpers/photo.py separates the item from its background (OpenCV's GrabCut), makes it a
 light item on black whatever the two colours were, then applies the conversion the data set's paper used
 (trim, resize the longest edge to 28, sharpen, centre). A 28x28 grayscale image with a dark border is
 already in the data set's form and is used as it is: it gets exactly the probabilities model(pixels / 255).
@@ -20,8 +20,8 @@ or the model could not be read (one line each on stderr), 130 interrupted.
 """
 import sys
 
-import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from machinery import cli
+import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
+from support import cli
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -35,9 +35,9 @@ import warnings
 import numpy as np
 import torch
 
-from machinery import plots, plots_predict
-from machinery.metrics import calibration
-from machinery.photo import ImageProblem, read_image
+from helpers import plots, plots_predict
+from support.metrics import calibration
+from helpers.photo import ImageProblem, read_image
 from data import IMAGE_SIZE, TEXT_LABELS
 from model import CheckpointError, load_checkpoint
 

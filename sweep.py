@@ -21,8 +21,8 @@ finished run and redraws the figures; a grid of over 10,000 runs or a day's trai
 import os
 import sys
 
-import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from machinery import cli
+import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
+from support import cli
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -39,8 +39,8 @@ import torch
 
 import data
 import train
-from machinery import plots_sweep, records
-from machinery.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, OutputError, write_text
+from helpers import plots_sweep, records
+from support.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, OutputError, write_text
 
 DEFAULT_LRS = [0.01, 0.03, 0.1, 0.3, 1.0]
 DEFAULT_BATCH_SIZES = [32, 64, 256, 1024]

@@ -6,10 +6,10 @@
 
 Everything lands in --out (outputs/): history.csv, curves.png, metrics.json, model.pt after every epoch;
 predictions.png, weights.png, confusion.png, confidence.png from the last finished epoch when the run
-ends, fails or is interrupted (machinery/records.py). `--help` lists the flags and the exit codes.
+ends, fails or is interrupted (helpers/records.py). `--help` lists the flags and the exit codes.
 """
-import machinery.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from machinery import cli
+import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
+from support import cli
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -24,10 +24,10 @@ import torch
 
 import data
 from losses import LOSSES, correct_count, cross_entropy_with_grad
-from machinery import records
-from machinery.records import Diverged
-from machinery.steps import steps
-from machinery.threads import ThreadChooser
+from helpers import records
+from helpers.records import Diverged
+from support.steps import steps
+from support.threads import ThreadChooser
 from model import SoftmaxRegression
 
 # The two recipes. Flags given on the command line override these values.

@@ -4,8 +4,8 @@ process are released after each test (a lock lasts as long as a process)."""
 import pytest
 
 import data
-from helpers import released_locks, train_in_process
-from machinery import cli
+from common import released_locks, train_in_process
+from support import cli
 
 
 @pytest.fixture(scope='session')

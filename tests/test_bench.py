@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 import bench
 import losses
-from helpers import assert_one_line_error, finish
-from machinery import bench_children, bench_report, threads
+from common import assert_one_line_error, finish
+from support import threads
+from helpers import bench_children, bench_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_PY = os.path.join(ROOT, 'bench.py')
@@ -169,8 +170,8 @@ def test_a_tiny_run_times_every_pipeline_and_writes_bench_json(runs):
     assert set(report['cross_entropy']) == {'256x10', '8192x1000', '32x10x64x64', '131072x10'}
     assert report['machine']['cpu'] and report['machine']['cores'] >= 1
     assert report['threads']['ours'] >= 1 and report['torch_version'] == str(torch.__version__)
-    # bench.py's parent never imports machinery.threads: the book's process runs in the environment it
-    # was given, train.py's in the one machinery.threads sets
+    # bench.py's parent never imports support.threads: the book's process runs in the environment it
+    # was given, train.py's in the one support.threads sets
     assert report['thread_environment']['book'] == {}
     assert report['thread_environment']['ours']['MKL_CBWR'] == 'AUTO,STRICT'
     strict = threads.gemms_reproducible_across_thread_counts()  # False only where torch has no MKL
@@ -240,7 +241,7 @@ def test_the_busy_neighbour_is_busy_and_dies_with_the_process_that_started_it():
         assert process_state(neighbour.pid) in ('R', 'S')
     assert neighbour.returncode is not None  # killed and reaped when the block ends
     # a process killed outright cannot clean up: its neighbour goes anyway (PR_SET_PDEATHSIG)
-    code = ("import time\nfrom machinery.bench_children import busy_neighbour\n"
+    code = ("import time\nfrom helpers.bench_children import busy_neighbour\n"
             "with busy_neighbour() as neighbour:\n    print(neighbour.pid, flush=True)\n    time.sleep(60)")
     process = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

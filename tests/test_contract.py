@@ -25,9 +25,10 @@ from PIL import Image
 import data
 import losses
 import train
-from helpers import (PNG_SIGNATURE, ROOT, assert_one_line_error, finish, handlers_installed, no_temporary_files,
+from common import (PNG_SIGNATURE, ROOT, assert_one_line_error, finish, handlers_installed, no_temporary_files,
                      read_csv, root_scripts, send_when, start, tiny_disk, torch_is_loading)
-from machinery import cli, records
+from support import cli
+from helpers import records
 from model import SoftmaxRegression
 
 SCRIPTS = root_scripts()

@@ -1,4 +1,4 @@
-"""Tests for machinery/cross_entropy.py (losses.cross_entropy): F.cross_entropy's numbers and gradients for
+"""Tests for helpers/cross_entropy.py (losses.cross_entropy): F.cross_entropy's numbers and gradients for
 every shape and option, on random cases and on PyTorch's own OpInfo and ModuleInfo inputs; differentiable
 twice and under torch.func as F.cross_entropy is."""
 

@@ -12,8 +12,8 @@ import torch
 
 import data
 from data import DataError
-from helpers import ROOT, assert_one_line_error, finish, has_open, no_longer_than, send_when, start
-from machinery import cli
+from common import ROOT, assert_one_line_error, finish, has_open, no_longer_than, send_when, start
+from support import cli
 
 N_TRAIN, N_TEST = 60_000, 10_000
 

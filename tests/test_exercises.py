@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import exercises
-from machinery import cli
+from support import cli
 from model import SoftmaxRegression
 
 

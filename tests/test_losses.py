@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from machinery import cli
+from support import cli
 import losses
-from machinery import loss_demo, plots
-from machinery.loss_demo import STAGES
+from helpers import loss_demo, plots
+from helpers.loss_demo import STAGES
 from losses import (LOSSES, accuracy, correct_count, cross_entropy, cross_entropy_naive, cross_entropy_with_grad,
                     log_softmax, softmax, softmax_naive)
 

@@ -1,12 +1,12 @@
-"""machinery/metrics.py: calibration() (ECE, the 95% threshold, the coverage curve) and confidence.png."""
+"""support/metrics.py: calibration() (ECE, the 95% threshold, the coverage curve) and confidence.png."""
 import json
 
 import pytest
 import torch
 
 import predict
-from machinery import plots
-from machinery.metrics import calibration
+from helpers import plots
+from support.metrics import calibration
 from test_photo import load, trained_checkpoints
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import data
-from helpers import assert_one_line_error, no_longer_than
-from machinery import cli
-from machinery.records import MAX_CHECKPOINT_BYTES
+from common import assert_one_line_error, no_longer_than
+from support import cli
+from helpers.records import MAX_CHECKPOINT_BYTES
 from model import CheckpointError, SoftmaxRegression, load_checkpoint, main
 
 

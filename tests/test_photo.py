@@ -1,4 +1,4 @@
-"""machinery/photo.py: photos made from real test items, on any backdrop, reach the model in the data set's
+"""helpers/photo.py: photos made from real test items, on any backdrop, reach the model in the data set's
 form and get nearly the predictions the items get as tensors.
 
 The photos are Fashion-MNIST test items turned into what a phone or a shop gives: a dark item on white, a
@@ -16,8 +16,8 @@ from PIL import Image
 
 import predict
 import train
-from machinery import photo
-from machinery.metrics import calibration
+from helpers import photo
+from support.metrics import calibration
 
 PHOTOS = 30  # test items turned into photos on white
 ITEMS = 20   # test items on each of the other backdrops

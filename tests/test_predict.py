@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from machinery import cli
-from machinery import plots, plots_predict
+from support import cli
+from helpers import plots, plots_predict
 import predict
 from data import TEXT_LABELS
 from test_photo import load, make_photo, trained_checkpoints

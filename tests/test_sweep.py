@@ -13,9 +13,10 @@ import pytest
 import data
 import sweep
 import train
-from helpers import (PNG_SIGNATURE, assert_one_line_error, finish, no_temporary_files, read_csv, start,
+from common import (PNG_SIGNATURE, assert_one_line_error, finish, no_temporary_files, read_csv, start,
                      tiny_disk)
-from machinery import cli, plots_sweep, records
+from support import cli
+from helpers import plots_sweep, records
 
 SIX_DECIMALS = re.compile(r'^-?\d+\.\d{6}$')
 

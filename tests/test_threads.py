@@ -1,9 +1,9 @@
-"""machinery/threads.py: the thread chooser's decisions under a fake clock and a fake load, and the
+"""support/threads.py: the thread chooser's decisions under a fake clock and a fake load, and the
 history that does not depend on them."""
 import pytest
 import torch
 
-from machinery import threads
+from support import threads
 
 
 class FakeMachine:
@@ -186,7 +186,7 @@ def test_the_chooser_leaves_the_count_alone_on_cuda_or_without_strict_mode(machi
 
 
 def test_the_thread_count_does_not_change_the_history(fashion_mnist, monkeypatch):
-    """MKL's strict mode (MKL_CBWR=AUTO,STRICT, set by machinery/threads.py) makes each GEMM the same on 1
+    """MKL's strict mode (MKL_CBWR=AUTO,STRICT, set by support/threads.py) makes each GEMM the same on 1
     or 2 threads, so whatever the ThreadChooser picks, the same seed gives the same numbers, to the last bit."""
     import train
     if not threads.gemms_reproducible_across_thread_counts():

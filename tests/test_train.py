@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from helpers import PNG_SIGNATURE, read_csv, released_locks
+from common import PNG_SIGNATURE, read_csv, released_locks
 from model import SoftmaxRegression, load_checkpoint
 
 EVERY_OUTPUT = ['history.csv', 'curves.png', 'metrics.json', 'model.pt',

@@ -8,7 +8,7 @@ clean stops on Ctrl-C or kill, and output streams that may close at any moment.
 
 A script follows one pattern, and gets all of the above from it:
 
-    from machinery import cli
+    from support import cli
     if __name__ == '__main__':
         cli.start()          # before the slow imports: a signal while torch imports is a clean exit 130
     import torch

@@ -2,7 +2,7 @@
 
 Prints the worked examples, the mean loss of fixed logits scaled by s = 1 ... 10,000 for each stage
 (naive, max-subtracted, + eps, LogSumExp, torch), the line saying where and why each stage breaks, and
-the gradient of each; draws stability.png (machinery/plots.py).
+the gradient of each; draws stability.png (helpers/plots.py).
 """
 import math
 import os
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from losses import accuracy, cross_entropy, cross_entropy_naive, cross_entropy_with_grad, naive_loss, softmax
-from machinery import plots
+from helpers import plots
 
 EPS = 1e-8  # the notes' quick patch: -log(p + EPS) <= -log EPS ~ 18.42
 

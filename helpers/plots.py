@@ -6,7 +6,7 @@ plots_sweep.py, predict.py's in plots_predict.py.
 """
 import torch
 
-from machinery.cli import write_atomically
+from support.cli import write_atomically
 from data import TEXT_LABELS
 
 PNG_DPI = 110
@@ -186,7 +186,7 @@ def plot_stability(scales, table):
 
 
 def plot_confidence(calibration):
-    """confidence.png, from machinery.metrics.calibration(probabilities, labels)'s dict, two panels:
+    """confidence.png, from support.metrics.calibration(probabilities, labels)'s dict, two panels:
 
     (a) reliability diagram: accuracy against mean confidence in each confidence bin, the diagonal, the
         number of examples per bin underneath, and the expected calibration error;

@@ -3,7 +3,7 @@ probabilities; and for --labelled photos the confusion matrix and reliability di
 import numpy as np
 
 from data import TEXT_LABELS
-from machinery.plots import new_figure, plot_confidence, plot_confusion
+from helpers.plots import new_figure, plot_confidence, plot_confusion
 
 
 def _short(name, limit=24):
@@ -82,7 +82,7 @@ def plot_labelled_confusion(labels, predicted, title):
 
 
 def plot_labelled_confidence(calibration, title):
-    """plots.plot_confidence of labelled photos (machinery.metrics.calibration's dict), titled by what they are."""
+    """plots.plot_confidence of labelled photos (support.metrics.calibration's dict), titled by what they are."""
     figure = plot_confidence(calibration)
     figure.suptitle(f"When to trust the top label: {title}, accuracy {calibration['accuracy']:.3f}, "
                     f"mean confidence {calibration['mean_confidence']:.3f}")

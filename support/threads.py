@@ -1,6 +1,6 @@
 """How many CPU threads the step loop uses, and the environment torch's libraries must load with.
 
-Every entry point imports this module first, by name (`import machinery.threads`), because two settings
+Every entry point imports this module first, by name (`import support.threads`), because two settings
 only take effect if they are in the environment when torch loads its libraries:
 - MKL_CBWR=AUTO,STRICT: MKL's strict reproducibility mode: a GEMM gives the same bits on 1 thread or 2,
   so the thread count can follow the machine's load without changing a run's history.

@@ -2,7 +2,7 @@
 import os
 import stat
 
-from machinery.cli import InputError
+from support.cli import InputError
 
 
 def not_a_regular_file(path, what='a file'):

@@ -2,7 +2,7 @@
 import math
 import os
 
-from machinery.plots import new_figure, save_figure
+from helpers.plots import new_figure, save_figure
 
 CURVES_BATCH_SIZE = 256  # sweep_curves.png shows this batch size (the book's), or the nearest one swept
 MAX_CURVES = 10  # sweep_curves.png draws at most this many learning rates: more lines and no one reads it

@@ -1,7 +1,7 @@
 """exercises.py's figures: LogSumExp's bounds, reading time against batch size, the cost of a large vocabulary."""
 import math
 
-from machinery.plots import new_figure
+from helpers.plots import new_figure
 
 
 def plot_logsumexp(excess, sweep, pair):

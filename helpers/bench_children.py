@@ -1,6 +1,6 @@
 """bench.py's processes: each measurement in a child of its own, the busy neighbour, and their cleanup.
 
-This module never imports torch nor machinery.threads: bench.py's parent process imports it, and the
+This module never imports torch nor support.threads: bench.py's parent process imports it, and the
 book's child must inherit the environment the user gave bench.py, not the one train.py sets.
 """
 import contextlib
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from machinery import cli
+from support import cli
 
 
 class ChildFailed(Exception):

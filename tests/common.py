@@ -20,7 +20,7 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 def released_locks():
     """Output folders locked inside the block, by a script's main() called in this process, are released at
     its end, as they are when a process ends."""
-    from machinery import cli
+    from support import cli
     held = len(cli._locks)
     try:
         yield

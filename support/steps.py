@@ -1,7 +1,7 @@
 """The step loop's one hook: between two training steps, Ctrl-C, the thread choice and the progress bar."""
 import time
 
-from machinery import cli
+from support import cli
 
 POSTFIX_EVERY_SECONDS = 0.5  # the bar's running loss: a reader cannot follow it any faster
 

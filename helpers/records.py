@@ -22,8 +22,9 @@ import torch
 
 import data
 from losses import LOSSES, softmax
-from machinery import cli, metrics, plots, reading
-from machinery.cli import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, OutputError, write_atomically, write_text
+from support import cli, metrics, reading
+from helpers import plots
+from support.cli import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, OutputError, write_atomically, write_text
 
 HISTORY_COLUMNS = ['epoch', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds']
 OUTPUT_FILES = ['history.csv', 'curves.png', 'metrics.json', 'model.pt', 'predictions.png', 'weights.png',

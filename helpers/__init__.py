@@ -1,0 +1,9 @@
+"""What the scripts build on the chapter: each module here uses data, model or losses, never the reverse.
+
+    records.py              a run's files: history.csv, metrics.json, model.pt, the final figures, compare
+    plots*.py               every figure
+    loss_demo.py            `python losses.py`: the notes' stages of care, side by side
+    photo.py                `predict.py`: a photo turned into a 28x28 Fashion-MNIST image
+    bench_children.py       `bench.py`: its measuring processes and the busy neighbour
+    bench_report.py         `bench.py`: its ratios and printout
+"""

@@ -1,0 +1,11 @@
+"""What the chapter's files stand on; a learner of the chapter never needs to open this folder.
+
+Nothing here imports the chapter's files (data, model, losses, train) or helpers/: the imports run one way.
+
+    cli.py                  the process contract: one-line errors, exit codes, signals, closed streams,
+                            atomic files, the output folder's check and lock
+    reading.py              input files opened safely: regular files only, nothing that can block
+    threads.py              how many CPU threads the step loop uses, and the environment torch loads with
+    steps.py                the step loop's one hook: Ctrl-C, the thread choice, the progress bar
+    metrics.py              calibration: how far the softmax's confidence can be trusted
+"""
