@@ -20,7 +20,7 @@ from torch import nn
 
 import data
 from data import NUM_CLASSES, NUM_INPUTS
-from helpers.records import CheckpointError, field, load_checkpoint  # noqa: F401 -- model.load_checkpoint, as before
+from support.checkpoints import CheckpointError, describe, field, read_checkpoint, tensor_problem
 
 
 class SoftmaxRegression(nn.Module):
@@ -48,6 +48,49 @@ class SoftmaxRegression(nn.Module):
         Computed as (dO^T X)^T so that the GEMM writes W's (10, 784) storage order directly.
         """
         return (dO.T @ X).T, dO.sum(0)
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """(model, checkpoint) from a model.pt that train.py wrote: {'model': state dict, 'config': ..., ...}.
+
+    Read as tensors and plain values only (support/checkpoints.py), then checked entry by entry: the state
+    dict must be exactly {'W': (784, 10), 'b': (10,)} of dense floating-point values, and the logits they
+    give an image must be finite numbers. nan or inf weights, or finite ones so large that O = XW + b
+    overflows float32, would make every prediction argmax over nan, a constant class, and an "accuracy
+    0.1000" that looks like a result: train.py never saves one (it keeps the last finite epoch), so such a
+    file is damaged or from elsewhere. Everything else in the checkpoint (config, epoch, ...) is returned
+    as found, unchecked: it describes the model and may be anything.
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('model'), dict):
+        raise CheckpointError(f"{path}: not a train.py checkpoint (expected a dict with a 'model' state dict)")
+    model = SoftmaxRegression()
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    state = checkpoint['model']
+    found = {name: describe(value) for name, value in state.items()}
+    if found != expected:
+        raise CheckpointError(f"{path}: holds {found or 'no tensors'}, but this model has {expected}")
+    for name, tensor in state.items():
+        problem = tensor_problem(tensor)
+        if problem:
+            raise CheckpointError(f"{path}: {name} {problem}; not a checkpoint of this model")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            # copy_ instead of load_state_dict: only the two checked tensors are used, converted to float32,
+            # and nothing else the file's dict carries (such as _metadata) has a say.
+            parameter.copy_(state[name])
+            bad = int((~torch.isfinite(parameter)).sum())
+            if bad:
+                raise CheckpointError(f"{path}: {name} holds {bad} non-finite values (nan or inf) out of "
+                                      f"{parameter.numel()}: the weights of a diverged or damaged run, not a "
+                                      "trained model")
+        # The largest |o_j| any image X in [0, 1]^784 can give: sum_i |W_ij| + |b_j|, in float64.
+        largest = float((model.W.double().abs().sum(0) + model.b.double().abs()).max())
+        if largest > torch.finfo(torch.float32).max:
+            raise CheckpointError(f"{path}: W and b are finite but so large that an image's logits reach "
+                                  f"{largest:.3g}, beyond float32's {torch.finfo(torch.float32).max:.3g}: "
+                                  "the weights of a diverged or damaged run, not a trained model")
+    return model, checkpoint
 
 
 def build_parser():

@@ -5,6 +5,8 @@ Nothing here imports the chapter's files (data, model, losses, train) or helpers
     cli.py                  the process contract: one-line errors, exit codes, signals, closed streams,
                             atomic files, the output folder's check and lock
     reading.py              input files opened safely: regular files only, nothing that can block
+    datafiles.py            the four Fashion-MNIST IDX files: found, and read no further than their headers promise
+    checkpoints.py          model.pt read safely: its size, tensors and plain values only, one-line refusals
     threads.py              how many CPU threads the step loop uses, and the environment torch loads with
     steps.py                the step loop's one hook: Ctrl-C, the thread choice, the progress bar
     metrics.py              calibration: how far the softmax's confidence can be trusted

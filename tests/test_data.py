@@ -12,8 +12,8 @@ import torch
 
 import data
 from data import DataError
-from common import ROOT, assert_one_line_error, finish, has_open, no_longer_than, send_when, start
-from support import cli
+from common import ROOT, assert_one_line_error, finish, has_open, no_longer_than, send_when, start, tiny_disk
+from support import cli, datafiles
 
 N_TRAIN, N_TEST = 60_000, 10_000
 
@@ -142,7 +142,7 @@ def test_raw_uncompressed_files_load_like_gzipped_ones(tmp_path, fashion_mnist):
 def test_nowhere_to_be_found_lists_the_three_ways_to_provide_the_data(tmp_path, monkeypatch):
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data, 'DEBIAN_DIR', str(tmp_path / 'no-debian'))
+    monkeypatch.setattr(datafiles, 'DEBIAN_DIR', str(tmp_path / 'no-debian'))
     with pytest.raises(DataError) as error:
         data.find_data_dir(download=False)
     message = str(error.value)
@@ -329,7 +329,7 @@ def test_main_exits_1_when_the_data_is_found_nowhere(tmp_path, monkeypatch, caps
     # 1, not 2: nothing typed was wrong; the Makefile's `data` target takes it as "install it"
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(data, 'DEBIAN_DIR', str(tmp_path / 'no-debian'))
+    monkeypatch.setattr(datafiles, 'DEBIAN_DIR', str(tmp_path / 'no-debian'))
     assert data.main([]) == 1
     err = capsys.readouterr().err
     assert err.startswith('error: Fashion-MNIST is neither in') and err.count('\n') == 1
@@ -392,6 +392,30 @@ def test_main_refuses_a_fifo_and_dev_zero_without_opening_them_one_line_exit_2(t
                           'has t10k-labels-idx1-ubyte.gz, but it is a device, not a file')
 
 
+def test_the_copy_for_torchvision_reads_only_the_four_files_and_torchvision_reads_it_back(tmp_path, fashion_mnist):
+    """A FIFO and an endless device beside the four files are never opened: the copy is the four checked files."""
+    from torchvision.datasets import FashionMNIST
+    folder = _link_real_files(tmp_path / 'with-strangers')
+    os.mkfifo(folder / 'notes.gz')  # opening it would wait for a writer forever
+    os.symlink('/dev/zero', folder / 'extra-ubyte')  # reading it would fill the disk
+    with no_longer_than(60):
+        root = data.torchvision_root(str(folder), str(tmp_path / 'work'))
+    assert sorted(os.listdir(os.path.join(root, 'FashionMNIST', 'raw'))) == sorted(
+        name for images, labels, _ in data.SPLITS.values() for name in (images, labels))
+    test_set = FashionMNIST(root, train=False)
+    assert torch.equal(test_set.data.reshape(-1, 784), fashion_mnist[2])
+    assert torch.equal(test_set.targets, fashion_mnist[3])
+
+
+def test_the_copy_for_torchvision_on_a_full_disk_is_cannot_write_path(fashion_mnist):
+    with tiny_disk(2048) as work:
+        if work is None:
+            pytest.skip("mounting a small tmpfs is not permitted here (needs root)")
+        with pytest.raises(cli.OutputError, match=r"^cannot write .*No space left on device$"):
+            data.torchvision_root(data.find_data_dir(download=False), work)
+        assert [name for _, _, names in os.walk(work) for name in names if name.endswith('.tmp')] == []
+
+
 # ---------------------------------------------------------------- python data.py, as a user runs it
 # The process contract (exit codes, signals while starting, closed streams) is tests/test_contract.py's;
 # here, what only data.py does: a memory limit it must stay under, and Ctrl-C while it decompresses.
@@ -401,7 +425,7 @@ ENV = {name: value for name, value in os.environ.items() if name not in (data.EN
 
 def _real_gzip(name):
     """The real file `name` as gzip bytes, whichever form it is installed in."""
-    path = data._locate(name, data.find_data_dir(download=False))
+    path = data.locate(name, data.find_data_dir(download=False))
     with open(path, 'rb') as f:
         content = f.read()
     return content if path.endswith('.gz') else gzip.compress(content, compresslevel=1)
@@ -416,7 +440,7 @@ def data_py_runs(tmp_path_factory):
     # The real training images followed by 4 GiB of zeros (gzip members of 1 MiB each): a valid header and
     # gigabytes of payload, under `ulimit -d` of 1.5 GB, so that reading it whole would fail, not swap.
     oversized = _link_real_files(base / 'oversized')
-    os.remove(data._locate('train-images-idx3-ubyte', str(oversized)))  # the link to the real file, .gz or not
+    os.remove(data.locate('train-images-idx3-ubyte', str(oversized)))  # the link to the real file, .gz or not
     (oversized / 'train-images-idx3-ubyte.gz').write_bytes(
         _real_gzip('train-images-idx3-ubyte') + gzip.compress(bytes(2**20)) * 4096)
 
