@@ -1,28 +1,20 @@
-"""
-Softmax and cross-entropy loss from scratch (Dive into Deep Learning, ch. 3).
+"""Softmax and cross-entropy from scratch (d2l 3.4, 3.6 and 3.7.2), as the notes derive them.
 
-Notation follows the notes: O is an (n, q) matrix of logits (n examples,
-q classes), y holds the labels, y_hat the predicted probabilities.
+O is an (n, q) matrix of logits (n examples, q classes), y holds the labels, y_hat the probabilities:
 
     softmax(o)_j  = exp(o_j) / sum_k exp(o_k)
-    l(y, y_hat)   = -sum_j y_j log y_hat_j        (= -log y_hat_y for one-hot y)
+    l(y, y_hat)   = -sum_j y_j log y_hat_j  =  log sum_k exp(o_k) - o_y      (y one-hot)
     dl/do_j       = softmax(o)_j - y_j
 
-Three levels of care:
-  softmax_naive / cross_entropy_naive   the notes' first version; overflows
-  softmax / log_softmax                 stable, subtract the row maximum
-  cross_entropy_with_grad               stable LogSumExp loss and its closed-form
-                                        gradient softmax(o) - y: train.py's step
-  cross_entropy                         the same loss with every option of
-                                        torch.nn.functional.cross_entropy
-                                        (helpers/cross_entropy.py): --loss
-                                        scratch's evaluation and per-example losses
+Three levels of care, in the order the notes take them:
+  softmax_naive, cross_entropy_naive   the first version: exp overflows, log of an underflowed 0 is inf
+  softmax, log_softmax                 stable: subtract each row's maximum first (LogSumExp)
+  cross_entropy_with_grad              the stable loss and its closed-form gradient softmax(o) - y:
+                                       what train.py's step computes
 
-Run `python losses.py [--out DIR]` for the worked examples, a table of the
-notes' stages (naive, max-subtracted, + eps, LogSumExp, torch) at growing
-logit scales, and DIR/stability.png (default outputs/).
+Below the chapter's part, `cross_entropy`: F.cross_entropy's complete equivalent, built on the above.
+`python losses.py [--out DIR]`: the notes' worked examples, where each stage breaks, DIR/stability.png.
 """
-
 import sys
 
 import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
@@ -34,20 +26,48 @@ if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from he
 import torch  # noqa: E402  (after cli.start(), on purpose)
 from torch import nn  # noqa: E402
 
-# -----------------------------------------------------------------------------
-# softmax
+from support.cross_entropy_arguments import check_arguments, check_index_range  # noqa: E402
+
+# ----------------------------------------------------------------------------- softmax
 
 
 def softmax_naive(O):
-    """softmax(O)_ij = exp(O_ij) / sum_k exp(O_ik), exactly as in the notes.
+    """softmax(O)_ij = exp(O_ij) / sum_k exp(O_ik), exactly as in the notes. O: (n, q) -> (n, q).
 
-    O: (n, q) logits -> (n, q) probabilities.
-    Kept to show the failure: in float32 exp(89) is inf, so any logit above
-    ~88.7 makes the row inf / inf = nan.
+    Kept to show the failure: in float32 exp(89) is inf, so any logit above ~88.7 makes the row
+    inf / inf = nan.
     """
     O_exp = torch.exp(O)
     partition = O_exp.sum(1, keepdim=True)
     return O_exp / partition  # broadcasting divides each row by its sum
+
+
+def softmax(O, dim=-1):
+    """softmax(o)_j = exp(o_j - max) / sum_k exp(o_k - max). O: (..., q, ...) -> the same shape.
+
+    Subtracting the maximum leaves the ratio unchanged but makes every exponent <= 0, so exp never
+    overflows and the largest term is 1.
+    """
+    _refuse_unless_float(O, 'softmax')
+    if O.numel() == 0:  # e.g. q = 0 classes: nothing to normalise (and no maximum), as in torch
+        return O.clone()
+    row_max = O.amax(dim, keepdim=True).detach()  # the shift cancels out: no gradient flows into it
+    O_exp = (O - row_max).exp()
+    return O_exp / O_exp.sum(dim, keepdim=True)
+
+
+def log_softmax(O, dim=-1):
+    """log softmax(o)_j = o_j - max - log sum_k exp(o_k - max)   (LogSumExp). O: (..., q, ...) -> the same.
+
+    Finite for any finite logits. A logit of -inf (a masked class) gives -inf in that place and correct
+    values elsewhere; a row that is entirely -inf gives nan, as torch.log_softmax does.
+    """
+    _refuse_unless_float(O, 'log_softmax')
+    if O.numel() == 0:
+        return O.clone()
+    row_max = O.amax(dim, keepdim=True).detach()
+    shifted = O - row_max
+    return shifted - shifted.exp().sum(dim, keepdim=True).log()
 
 
 def _refuse_unless_float(O, name):
@@ -57,64 +77,27 @@ def _refuse_unless_float(O, name):
                                   f"'{O.type().rsplit('.', 1)[-1].removesuffix('Tensor')}'")
 
 
-def softmax(O, dim=-1):
-    """softmax(o)_j = exp(o_j - max) / sum_k exp(o_k - max).
-
-    O: (..., q, ...) logits -> probabilities of the same shape, normalised
-    along `dim`. Subtracting the maximum leaves the ratio unchanged but makes
-    every exponent <= 0, so exp never overflows and the largest term is 1.
-    """
-    _refuse_unless_float(O, 'softmax')
-    if O.numel() == 0:  # e.g. q = 0 classes: nothing to normalise (and no maximum), as in torch
-        return O.clone()
-    # the shift cancels out of the result, so no gradient needs to flow into it
-    row_max = O.amax(dim, keepdim=True).detach()
-    O_exp = (O - row_max).exp()
-    return O_exp / O_exp.sum(dim, keepdim=True)
-
-
-def log_softmax(O, dim=-1):
-    """log softmax(o)_j = o_j - max - log sum_k exp(o_k - max)   (LogSumExp).
-
-    O: (..., q, ...) logits -> log-probabilities of the same shape.
-    Finite for any finite logits. A logit of -inf (a masked class) gives -inf
-    in that place and correct values elsewhere; a row that is entirely -inf
-    gives nan, as torch.log_softmax does.
-    """
-    _refuse_unless_float(O, 'log_softmax')
-    if O.numel() == 0:  # e.g. q = 0 classes: nothing to normalise (and no maximum), as in torch
-        return O.clone()
-    # the shift cancels out of the result, so no gradient needs to flow into it
-    row_max = O.amax(dim, keepdim=True).detach()
-    shifted = O - row_max
-    return shifted - shifted.exp().sum(dim, keepdim=True).log()
-
-
-# -----------------------------------------------------------------------------
-# cross-entropy
+# ----------------------------------------------------------------------------- cross-entropy
 
 
 def cross_entropy_naive(y_hat, y, eps=0.0):
-    """l_i = -log(y_hat[i, y_i] + eps), the notes' per-example loss.
+    """l_i = -log(y_hat[i, y_i] + eps), the notes' per-example loss. y_hat: (n, q), y: (n,) -> (n,).
 
-    y_hat: (n, q) probabilities, y: (n,) int64 labels -> (n,) losses.
-    With eps=0 a true-class probability that underflowed to 0 gives inf;
-    eps=1e-8, as the notes suggest, caps the loss at -log(1e-8) ~ 18.42.
+    With eps=0 a true-class probability that underflowed to 0 gives inf; eps=1e-8, as the notes suggest,
+    caps the loss at -log(1e-8) ~ 18.42.
     """
     return -torch.log(y_hat[torch.arange(len(y_hat), device=y_hat.device), y] + eps)  # the notes' range(n)
 
 
 def cross_entropy_with_grad(O, y):
-    """Per-example cross-entropy and its gradient in closed form, without autograd (d2l 3.4.6):
+    """Each example's cross-entropy and its gradient in closed form, without autograd (d2l 3.4.6):
 
         l_i = log sum_k exp(o_ik - m_i) - (o_iy - m_i),   m_i = max_k o_ik      (LogSumExp)
         dl_i/do_ij = softmax(o_i)_j - y_ij                                     (y one-hot)
 
-    O: (n, q) logits, y: (n,) int64 class indices in [0, q) -> (losses (n,), gradient (n, q)).
-    (The classes lie along dim 1, so (n, q, d1, ..., dK) logits with (n, d1, ..., dK) labels work
-    too: one distribution per position.) The gradient is that of sum_i l_i; divide by n for the mean.
-    No checks: callers pass labels already validated (on CPU an index out of range still fails
-    inside gather).
+    O: (n, q) logits, y: (n,) int64 class indices -> (losses (n,), gradient (n, q)). The gradient is
+    that of sum_i l_i: divide by n for the mean's. (Classes along dim 1, so (n, q, d1, ..., dK) logits
+    with (n, d1, ..., dK) labels work too.) No checks: the labels are the data set's, already validated.
     """
     y_col = y.unsqueeze(1)  # (n, 1): where each row's true class is
     shifted = O - O.amax(1, keepdim=True)  # o - m: exponents <= 0, exp cannot overflow
@@ -127,19 +110,14 @@ def cross_entropy_with_grad(O, y):
     return losses, grad
 
 
-# F.cross_entropy's complete equivalent, every shape and option, built on the functions above
-from helpers.cross_entropy import cross_entropy  # noqa: E402
-
-# -----------------------------------------------------------------------------
-# accuracy
+# ----------------------------------------------------------------------------- accuracy
 
 
 def correct_count(y_hat, y):
     """Number of correct predictions, sum_i [argmax_j y_hat_ij = y_i], as a 0-dim tensor.
 
-    y_hat: (n, q) logits or probabilities, or (n,) predicted labels; y: (n,) labels.
-    Stays on the device (no host sync), so a training loop can add these up
-    and read the total once per epoch.
+    y_hat: (n, q) logits or probabilities, or (n,) predicted labels; y: (n,) labels. Stays on the device
+    (no host sync), so a training loop can keep it and read it once per epoch.
     """
     if y_hat.dim() > 1 and y_hat.shape[1] > 1:
         y_hat = y_hat.argmax(dim=1)
@@ -150,57 +128,170 @@ def correct_count(y_hat, y):
 
 
 def accuracy(y_hat, y):
-    """The notes' accuracy: the number of correct predictions, as a Python float.
-
-    y_hat: (n, q) logits or probabilities, or (n,) predicted labels; y: (n,) labels.
-    Divide by len(y) for the fraction.
-    """
+    """The notes' accuracy: the number of correct predictions, as a Python float (divide by len(y))."""
     return float(correct_count(y_hat, y))
 
 
-# -----------------------------------------------------------------------------
-# registry for train.py --loss: each maps (O: (n, q) logits, y: (n,) int64, reduction='mean' or 'none')
-# to the mean loss (0-dim) or each example's loss (n,)
+# ----------------------------------------------------------------------------- train.py --loss
 
 
 def naive_loss(O, y, reduction='mean'):
-    """-log softmax_naive(O)[i, y_i] with eps=0, so it really overflows; its mean, or each one."""
+    """-log softmax_naive(O)[i, y_i] with eps=0, so it really overflows: each example's, or their mean."""
     losses = cross_entropy_naive(softmax_naive(O), y)
     return losses.mean() if reduction == 'mean' else losses
 
 
+def stable_loss(O, y, reduction='mean'):
+    """-log softmax(O)[i, y_i] by LogSumExp: each example's, or their mean (the loss cross_entropy_with_grad
+    computes, here through log_softmax so that autograd can differentiate it)."""
+    losses = -log_softmax(O, 1).gather(1, y.unsqueeze(1)).squeeze(1)
+    return losses.mean() if reduction == 'mean' else losses
+
+
+# Each maps (O: (n, q) logits, y: (n,) int64, reduction='mean' or 'none') to the mean loss or each example's.
 LOSSES = {
     'naive': naive_loss,
-    'scratch': cross_entropy,
+    'scratch': stable_loss,  # train.py trains it with cross_entropy_with_grad's closed form instead of autograd
     'torch': nn.functional.cross_entropy,  # what nn.CrossEntropyLoss() calls: the reference
 }
 
-# the demo's names, still importable from here: they live in helpers/loss_demo.py
-_DEMO_NAMES = ('EPS', 'STAGES', 'max_subtracted_loss', 'stability_table', 'where_each_stage_breaks',
-               'gradient_rows')
+
+# ----------------------------------------------------------------------------- F.cross_entropy, every option
+# Not needed to follow the chapter: the same loss with every shape and option of torch's, checked against it.
 
 
-def __getattr__(name):
-    if name in _DEMO_NAMES:
-        from helpers import loss_demo
-        return getattr(loss_demo, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class _ClosedForm(torch.autograd.Function):
+    """The training case: l and g = softmax(o) - onehot(y) both from cross_entropy_with_grad, so backward
+    only scales g. Classes along dim 1 of input (n, q, d1, ..., dK); target (n, d1, ..., dK) int64.
+
+    Under backward(create_graph=True) g is recomputed in differentiable ops, so the second derivative
+    diag(p) - p p^T is right; jvp: dl = sum_j g_j do_j. A forward taking ctx (no setup_context) keeps apply
+    cheap (no inspect.signature per call, ~20 us); torch.func needs setup_context: it takes _composite.
+    """
+
+    @staticmethod
+    def forward(ctx, input, target, reduction):
+        losses, grad = cross_entropy_with_grad(input, target)
+        ctx.save_for_backward(input, target, grad)
+        ctx.grad, ctx.reduction = grad, reduction  # grad for jvp, already held by save_for_backward
+        ctx.positions = max(losses.numel(), 1)  # N d1 ... dK, what 'mean' divides by
+        if reduction == 'mean':
+            return losses.mean()
+        return losses.sum() if reduction == 'sum' else losses
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        input, target, grad = ctx.saved_tensors
+        if ctx.reduction == 'none':
+            upstream = grad_loss.unsqueeze(1)  # one upstream gradient per position
+        elif torch.is_grad_enabled():
+            upstream = grad_loss / ctx.positions if ctx.reduction == 'mean' else grad_loss
+        else:  # a Python number: cheaper than a tensor op, and no device sync on the CPU
+            upstream = float(grad_loss) / (ctx.positions if ctx.reduction == 'mean' else 1)
+        if torch.is_grad_enabled():  # backward(create_graph=True): g as differentiable ops of the input
+            grad = softmax(input, 1) - torch.zeros_like(input).scatter_(1, target.unsqueeze(1), 1.0)
+        return grad * upstream, None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, target_tangent, reduction_tangent):
+        per_position = (ctx.grad * input_tangent).sum(1)
+        if ctx.reduction == 'none':
+            return per_position
+        return per_position.sum() / ctx.positions if ctx.reduction == 'mean' else per_position.sum()
+
+
+def _composite(input, target, weight, ignore_index, reduction, label_smoothing, is_probability):
+    """Every other case in differentiable ops: l = -sum_j q_j log p_j at each position, p = softmax(o) over
+    dim 1, and the class mass q one-hot, smoothed ((1 - eps) y + eps / C), weighted by w, a probability
+    vector t, or zero at an ignored position. input (N, C, d1, ..., dK); weight (C,)."""
+    C = input.shape[1]
+    weight_view = weight.view((1, C) + (1,) * (input.dim() - 2)) if weight is not None else None  # w along C
+    if is_probability:
+        # log p in the logits' precision, the products in the promoted one (a float64 target with float32
+        # logits gives a float64 loss), as torch computes it
+        dtype = torch.promote_types(input.dtype, target.dtype)
+        if weight is not None:
+            dtype = torch.promote_types(dtype, weight.dtype)
+        log_probs = log_softmax(input, 1).to(dtype)
+        smoothed = target * (1 - label_smoothing) + label_smoothing / C if label_smoothing > 0 else target
+        mass = smoothed.to(dtype) * weight_view if weight is not None else smoothed.to(dtype)  # q = w s
+        per_position = -(log_probs * mass).sum(1)
+        if reduction == 'mean':  # over all N d1 ... dK positions (0 / 0 = nan if there are none)
+            return per_position.sum() / per_position.numel()
+        return per_position.sum() if reduction == 'sum' else per_position
+    # index targets: the true class's part is gathered, never built as a one-hot, so a -inf logit of
+    # another class cannot turn into 0 * -inf = nan
+    log_probs = log_softmax(input, 1)
+    keep = (target != ignore_index).unsqueeze(1)  # (N, 1, d1, ..., dK)
+    target_col = torch.where(keep, target.unsqueeze(1), 0)  # ignored positions point at class 0
+    picked = log_probs.gather(1, target_col)  # on CPU, a target out of range fails here
+    picked_weight = weight[target_col] if weight is not None else torch.ones_like(picked)
+    per_position = -(1 - label_smoothing) * picked_weight * picked
+    if label_smoothing > 0:
+        weighted = log_probs * weight_view if weight is not None else log_probs
+        per_position = per_position - (label_smoothing / C) * weighted.sum(1, keepdim=True)
+    # where, not multiply: an ignored position may hold nan/inf, which torch masks too
+    per_position = torch.where(keep, per_position, 0).squeeze(1)
+    if reduction == 'mean':  # torch divides by the sum of w_y over the kept positions, not their number
+        return per_position.sum() / (picked_weight * keep).sum()
+    return per_position.sum() if reduction == 'sum' else per_position
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0):
+    """Cross-entropy from logits, l = -sum_j q_j log softmax(o)_j, as torch.nn.functional.cross_entropy.
+
+    input: (N, C), (N, C, d1, ..., dK) (one distribution per position) or one example's (C,) logits.
+    target: class indices, int64 (or uint8), shaped (N,), (N, d1, ..., dK), or () / (1,) for (C,) logits;
+        or class probabilities t of the input's shape (a float64 t gives a float64 loss, as in torch).
+    weight: optional (C,) per-class weights w; ignore_index: index targets equal to it count for nothing.
+    reduction: 'none' -> one loss per position; 'sum'; 'mean' (index targets: over sum w_y of the kept
+        positions; probability targets: over N d1 ... dK).
+    label_smoothing eps: the target becomes (1 - eps) y + eps / C, weighted per class by w.
+    The gradient is (sum_k q_k) softmax(o) - q: softmax(o) - y in the training case, in closed form.
+    Differentiable twice and under torch.func, as torch's; every argument checked by torch's rules.
+    """
+    is_probability, ignore_index, label_smoothing = check_arguments(
+        input, target, weight, ignore_index, reduction, label_smoothing)
+    unbatched = input.dim() == 1
+    if unbatched:  # one example as a batch of one: (1, C) logits, (1,) index or (1, C) probabilities
+        input = input.unsqueeze(0)
+        if is_probability or target.dim() == 0:
+            target = target.unsqueeze(0)
+    if not is_probability and target.dtype == torch.uint8:
+        target = target.long()  # torch takes Byte class indices too
+    C, loss = input.shape[1], None
+    # The target's range is not checked up front (~18 us per call, and no data-dependent check runs under
+    # vmap): each path's gather bounds-checks on CPU, and only then do we look closer.
+    try:
+        if (not is_probability and weight is None and label_smoothing == 0 and input.is_cpu
+                and not 0 <= ignore_index < C and not torch._C._are_functorch_transforms_active()):
+            try:  # the training case; a target equal to ignore_index (e.g. -100) fails the gather too
+                loss = _ClosedForm.apply(input, target, reduction)
+            except RuntimeError:
+                if not (target == ignore_index).any():
+                    raise
+        if loss is None:
+            loss = _composite(input, target, weight, ignore_index, reduction, label_smoothing, is_probability)
+    except RuntimeError:
+        if not is_probability and target.is_cpu:  # on an accelerator, reading the range back would stall it
+            check_index_range(target, C, ignore_index)  # a ValueError if a target is bad
+        raise
+    return loss.squeeze(0) if unbatched and reduction == 'none' else loss
+
+
+# ----------------------------------------------------------------------------- python losses.py
 
 
 def main(argv=None):
-    """python losses.py [--out DIR]: the notes' worked examples, the stability table, DIR/stability.png.
-
-    argv: the flags, a list of strings; None (a call from Python, e.g. a test) takes the defaults,
-    since sys.argv is not ours to read there. Returns the exit code; raises cli.InputError for an
-    output folder that cannot be written.
-    """
+    """python losses.py [--out DIR]. argv None (a call from Python, e.g. a test) takes the defaults: sys.argv
+    is not ours to read there. Returns the exit code; cli.InputError for an output folder it cannot write."""
     from helpers import loss_demo  # matplotlib is slow to import, and only the demo draws
     parser = cli.ArgumentParser(prog='losses.py', description=__doc__.strip().split('\n')[0])
     parser.add_argument('--out', default='outputs', type=cli.non_empty,
                         help="folder for stability.png (default outputs)")
     args = parser.parse_args([] if argv is None else argv)
     cli.prepare_out_dir(args.out)  # a folder we cannot write is one line and exit 2, before any work
-    loss_demo.run(args.out)
+    loss_demo.run(args.out, sys.modules[__name__])  # this module, whether imported or run as a script
     return cli.EXIT_DONE
 
 
