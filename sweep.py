@@ -40,6 +40,7 @@ import torch
 import data
 import train
 from helpers import plots_sweep, records
+from support.steps import Diverged
 from support.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, OutputError, write_text
 
 DEFAULT_LRS = [0.01, 0.03, 0.1, 0.3, 1.0]
@@ -298,18 +299,14 @@ def check_grid_size(sweep, rows):
 
 def train_run(config, datasets, device):
     """One run, train.py's training: returns (history of the finished epochs, status, seconds, why it diverged)."""
-    finished = []
-
-    def on_epoch(history, _model):  # train() raises Diverged after this was called for the finished epochs
-        finished[:] = history
     started = time.perf_counter()
-    model = train.new_model(config, device)
+    history, status, why = [], 'finished', None
     try:
-        history = train.train(config, model, datasets, device, on_epoch=on_epoch, log=lambda line: None)
-        status, why = 'finished', None
-    except records.Diverged as error:
-        history, status, why = list(finished), 'diverged', str(error)
-    return history, status, time.perf_counter() - started, why
+        for history, _ in train.train(config, train.new_model(config, device), datasets, device):
+            pass
+    except Diverged as error:  # raised before the diverged epoch joins the history
+        status, why = 'diverged', str(error)
+    return list(history), status, time.perf_counter() - started, why
 
 
 def summary(history, status, seconds):

@@ -23,12 +23,10 @@ import time
 import torch
 
 import data
-from losses import LOSSES, correct_count, cross_entropy_with_grad
 from helpers import records
-from helpers.records import Diverged
-from support.steps import steps
-from support.threads import ThreadChooser
+from losses import LOSSES, correct_count, cross_entropy_with_grad
 from model import SoftmaxRegression
+from support.steps import Diverged, steps
 
 # The two recipes. Flags given on the command line override these values.
 RECIPES = {
@@ -62,53 +60,30 @@ class Config:
     standardize: bool = False
 
 
-def pixel_statistics(train_features):
-    """Per-pixel mean and std of the training set; border pixels that never vary get std 1."""
-    mean = train_features.mean(0)
-    std = train_features.std(0)
-    return mean, torch.where(std > 1e-6, std, torch.ones_like(std))
-
-
-def folded_copy(model, mean, std):
-    """A model trained on (X - m)/s as one that takes X: ((X - m)/s) W + b = X (W/s) + (b - (m/s) W)."""
-    folded = copy.deepcopy(model)
-    with torch.no_grad():
-        W_over_std = model.W / std[:, None]
-        folded.W.copy_(W_over_std)
-        folded.b.copy_(model.b - mean @ W_over_std)
-    return folded
-
-
 # ----------------------------------------------------------------------------- one step: gradient and update
 
 def closed_form_gradients(model, X, O, y):
-    """The scratch loss's gradients without autograd, as the chapter derives them (d2l 3.4.6):
+    """The scratch loss and its gradients without autograd, as the chapter derives them (d2l 3.4.6):
 
-        dO = (softmax(O) - onehot(y)) / n,   dW = X^T dO,   db = sum_i dO_i
+        l_i = log sum_k exp(o_ik) - o_iy,   dO = (softmax(O) - onehot(y)) / n,   dW = X^T dO,   db = sum_i dO_i
 
-    X: (n, 784), O: (n, 10) logits, y: (n,) int64 -> [dW: (784, 10), db: (10,)].
+    X: (n, 784), O: (n, 10) logits, y: (n,) -> (l: (n,), [dW: (784, 10), db: (10,)]).
     """
-    _, dO = cross_entropy_with_grad(O, y)  # softmax(O) - onehot(y), the gradient of the summed loss
-    return model.gradients(X, dO.div_(len(y)))
+    l, dO = cross_entropy_with_grad(O, y)  # dO = softmax(O) - onehot(y): the gradient of sum_i l_i
+    return l, model.gradients(X, dO.div_(len(y)))
 
 
-def autograd_gradients(model, X, O, y, loss):
-    """The same gradients by loss(O, y).backward(), for the naive and torch losses (O built with autograd)."""
+def autograd_gradients(model, O, y, loss):
+    """The same by backward() through the naive or torch loss (O built with autograd) -> (l, [dW, db])."""
+    l = LOSSES[loss](O, y, reduction='none')
     model.zero_grad(set_to_none=True)
-    LOSSES[loss](O, y).backward()
-    return [param.grad for param in model.parameters()]
-
-
-def learning_rate(config, step, total_steps):
-    """The recipe's learning rate at `step` (counted from 0 over the run): constant, or cosine to 0."""
-    if config.schedule == 'cosine':
-        return config.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-    return config.lr
+    l.mean().backward()
+    return l.detach(), [param.grad for param in model.parameters()]
 
 
 @torch.no_grad()
 def sgd_update(params, grads, velocities, lr, momentum=0.0, weight_decay=0.0):
-    """Minibatch SGD (d2l 3.2.6), with the tuned recipe's momentum and L2 weight decay:
+    """Minibatch SGD (d2l 3.1.1), with the tuned recipe's momentum and L2 weight decay:
 
         g <- g + weight_decay * w;   v <- momentum * v + g;   w <- w - lr * v
 
@@ -123,71 +98,62 @@ def sgd_update(params, grads, velocities, lr, momentum=0.0, weight_decay=0.0):
         param.sub_(grad, alpha=lr)
 
 
+def learning_rate(config, step, total_steps):
+    """The recipe's learning rate at `step` (counted from 0 over the run): constant, or cosine to 0."""
+    if config.schedule == 'cosine':
+        return config.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    return config.lr
+
+
 # ----------------------------------------------------------------------------- the epoch
 
-@torch.no_grad()
-def example_losses(loss, O, y):
-    """Each example's loss l_i = -log softmax(o_i)_{y_i} by the run's loss. O: (n, 10), y: (n,) -> (n,);
-    the naive loss gives inf or nan where it overflows."""
-    return LOSSES[loss](O, y, reduction='none')
-
-
-def mean_loss(losses):
-    # In float64: a float32 sum of 60,000 terms depends on how the threads split it, and the history must
-    # not depend on the thread count the ThreadChooser picked.
-    return float(losses.double().mean())
-
-
-def train_epoch(model, velocities, features, labels, order, config, epoch, threads):
+def train_epoch(model, velocities, features, labels, order, config, epoch):
     """One pass over the training set in minibatches (the book's train_epoch_ch3) -> (train loss, train acc).
 
-    velocities: the momentum buffers; order: (n,) the epoch's permutation of the examples. Each step's
-    logits go into one (n, 10) buffer in the order the examples were visited; the mean loss and the
-    accuracy (the book's Accumulator) come from it once, at the end: the step loop never waits.
+    order: (n,) the epoch's permutation of the examples. Each step's losses and logits go into (n,) and
+    (n, 10) buffers in the order of the steps; the epoch's mean loss and accuracy (the book's Accumulator)
+    come from them once, at the end: the step loop never waits for a value.
     """
-    n, batch_size = features.shape[0], config.batch_size
+    n, batch_size = len(labels), config.batch_size
     num_steps = -(-n // batch_size)
     params = list(model.parameters())
-    y_visited = labels[order]
-    O_all = torch.empty(n, data.NUM_CLASSES, device=features.device)
-    running_loss = None if features.is_cuda else lambda done: mean_loss(   # the progress bar's, on CPU
-        example_losses(config.loss, O_all[:done * batch_size], y_visited[:done * batch_size]))
-    for i in steps(num_steps, f"epoch {epoch}/{config.epochs}", threads, running_loss):
-        rows = slice(i * batch_size, (i + 1) * batch_size)
-        X, y = features.index_select(0, order[rows]), y_visited[rows]  # the minibatch: a row gather
-        O = model(X)                                                    # logits O = XW + b
+    losses = torch.empty(n, device=features.device)
+    logits = torch.empty(n, data.NUM_CLASSES, device=features.device)
+    for i in steps(epoch, config.epochs, losses, batch_size):  # the one hook: Ctrl-C, threads, progress, nan
+        rows = slice(i * batch_size, (i + 1) * batch_size)  # this minibatch's place in the epoch
+        X, y = data.minibatch(features, labels, order[rows])  # a row gather
+        O = model(X)  # logits O = XW + b
         if config.loss == 'scratch':
-            grads = closed_form_gradients(model, X, O, y)
+            l, grads = closed_form_gradients(model, X, O, y)
         else:
-            grads = autograd_gradients(model, X, O, y, config.loss)
-        t = (epoch - 1) * num_steps + i
-        sgd_update(params, grads, velocities, learning_rate(config, t, config.epochs * num_steps),
-                   config.momentum, config.weight_decay)                # w <- w - lr * g
-        O_all[rows] = O.detach()
-    losses = example_losses(config.loss, O_all, y_visited)
-    finite = torch.isfinite(losses)
-    if not bool(finite.all()):
-        first_bad = int((~finite).nonzero()[0])
-        raise Diverged(epoch, first_bad // batch_size + 1, float(losses[first_bad]))
-    return mean_loss(losses), int(correct_count(O_all, y_visited)) / n
+            l, grads = autograd_gradients(model, O, y, config.loss)
+        lr = learning_rate(config, (epoch - 1) * num_steps + i, config.epochs * num_steps)
+        sgd_update(params, grads, velocities, lr, config.momentum, config.weight_decay)  # w <- w - lr * g
+        losses[rows], logits[rows] = l, O.detach()
+    return mean_loss(losses), int(correct_count(logits, labels[order])) / n
 
 
 @torch.no_grad()
 def evaluate(model, loss, features, labels):
-    """Mean loss and number of correct predictions on a whole split: (n, 784) @ (784, 10) is one GEMM."""
+    """Mean loss and accuracy on a whole split (the book's evaluate_accuracy): (n, 784) @ (784, 10), one GEMM."""
     O = model(features)
-    return mean_loss(example_losses(loss, O, labels)), int(correct_count(O, labels))
+    return mean_loss(LOSSES[loss](O, labels, reduction='none')), int(correct_count(O, labels)) / len(labels)
+
+
+def mean_loss(losses):
+    # In float64: a float32 sum of 60,000 terms depends on how the threads split it, and the history must
+    # not depend on the thread count.
+    return float(losses.double().mean())
 
 
 # ----------------------------------------------------------------------------- the run
 
-def train(config, model, datasets, device, on_epoch=None, log=print):
-    """The epoch loop (the book's train_ch3). After each epoch calls on_epoch(history, model taking X/255);
-    raises Diverged when the loss becomes nan or inf. Returns the history, one dict per epoch."""
+def train(config, model, datasets, device):
+    """The epoch loop (the book's train_ch3). After each epoch yields (history, the model as one that takes
+    X/255): the history is one dict per finished epoch. Raises Diverged when a loss becomes nan or inf."""
     train_images, train_labels, test_images, test_labels = datasets
-    threads = ThreadChooser(device)  # first: the set-up below runs with every thread, in every run
     train_features, test_features = data.to_features(train_images), data.to_features(test_images)
-    mean = std = None
+    mean, std = None, None
     if config.standardize:  # (X - mean) / std, with the training set's per-pixel statistics
         mean, std = pixel_statistics(train_features)
         train_features.sub_(mean).div_(std)
@@ -199,30 +165,45 @@ def train(config, model, datasets, device, on_epoch=None, log=print):
         start = time.perf_counter()
         # A fresh permutation per epoch (shuffle=True in the book's DataLoader), drawn on the CPU so that a
         # seed gives the same order on every device.
-        order = torch.randperm(len(train_features), generator=generator).to(device)
+        order = torch.randperm(len(train_labels), generator=generator).to(device)
         with torch.set_grad_enabled(config.loss != 'scratch'):  # the scratch loss needs no autograd graph
             train_loss, train_acc = train_epoch(model, velocities, train_features, train_labels, order, config,
-                                                epoch, threads)
-        test_loss, test_correct = evaluate(model, config.loss, test_features, test_labels)
-        if not math.isfinite(test_loss):  # e.g. the very last step blew up the weights
+                                                epoch)
+        test_loss, test_acc = evaluate(model, config.loss, test_features, test_labels)
+        if not math.isfinite(test_loss):  # e.g. the very last step blew the weights up
             raise Diverged(epoch, 'evaluation on the test set', test_loss)
-        row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
-                   test_acc=test_correct / len(test_labels), seconds=time.perf_counter() - start,
-                   threads=torch.get_num_threads())  # what the ThreadChooser ended the epoch with
-        history.append(row)
-        if on_epoch:  # files first, then the line: a reader of the line finds the epoch's files written
-            on_epoch(history, model if mean is None else folded_copy(model, mean, std))
-        log(f"epoch {epoch:3d}/{config.epochs}  train loss {row['train_loss']:.4f}  "
-            f"train acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f}  "
-            f"test acc {row['test_acc']:.4f}  {row['seconds']:.2f} s")
-        cli.stop_if_requested()
-    return history
+        history.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                            test_acc=test_acc, seconds=time.perf_counter() - start,
+                            threads=torch.get_num_threads()))  # what the thread choice ended the epoch with
+        yield history, model if mean is None else folded_copy(model, mean, std)
+
+
+def pixel_statistics(train_features):
+    """Per-pixel mean and std of the training set; border pixels that never vary get std 1."""
+    mean, std = train_features.mean(0), train_features.std(0)
+    return mean, torch.where(std > 1e-6, std, torch.ones_like(std))
+
+
+def folded_copy(model, mean, std):
+    """A model trained on (X - m)/s as one that takes X: ((X - m)/s) W + b = X (W/s) + (b - (m/s) W)."""
+    folded = copy.deepcopy(model)
+    with torch.no_grad():
+        W_over_std = model.W / std[:, None]
+        folded.W.copy_(W_over_std)
+        folded.b.copy_(model.b - mean @ W_over_std)
+    return folded
 
 
 def new_model(config, device):
     """The run's initial model: W ~ N(0, 0.01^2) drawn from config.seed, b = 0 (d2l 3.6.1)."""
     torch.manual_seed(config.seed)
     return SoftmaxRegression().to(device)
+
+
+def epoch_line(row, epochs):
+    return (f"epoch {row['epoch']:3d}/{epochs}  train loss {row['train_loss']:.4f}  "
+            f"train acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f}  "
+            f"test acc {row['test_acc']:.4f}  {row['seconds']:.2f} s")
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -282,13 +263,17 @@ def resolve_device(name):
 
 def main(argv=None):
     config = parse_config(argv)  # bad flags: one line naming the flag, exit 2
-    cli.prepare_out_dir(config.out, records.OUTPUT_FILES)  # fail now, not after training
-    cli.lock_out_dir(config.out)  # a second run into the same folder at once is refused, not interleaved
-    import matplotlib.figure  # noqa: F401 -- imported now, not half-way through an interrupted save
+    cli.prepare_out_dir(config.out, records.OUTPUT_FILES)  # checked and locked now, not after training
     device = resolve_device(config.device)
     datasets = data.load_fashion_mnist(config.data_dir, device)
-    run = records.compare if config.compare else records.run
-    return run(config, datasets, device, train, new_model(config, device))
+    model = new_model(config, device)
+    if config.compare:
+        return records.compare(config, datasets, device, train, model)
+    with records.Run(config, datasets, device) as run:  # however the loop ends: final figures, status, exit code
+        for history, trained in train(config, model, datasets, device):
+            run.save(history, trained)  # model.pt, history.csv, metrics.json: files first, then the line
+            print(epoch_line(history[-1], config.epochs))
+    return run.exit_code
 
 
 if __name__ == '__main__':

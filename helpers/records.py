@@ -1,9 +1,9 @@
-"""A run's records: history.csv, metrics.json, model.pt (saved and loaded), the final figures, compare.json.
+"""A run's records: history.csv, metrics.json, model.pt, curves.png and the final figures; compare.json.
 
-train.py trains; this module keeps what it trained. run() and compare() call train.py's train() and
-write after every epoch, each file whole (cli.write_atomically), so that an interruption, a divergence
-or a full disk leaves files that describe one same finished epoch, and a status that says how it ended:
-'finished', 'diverged', 'interrupted' or 'failed: cannot write ...'.
+train.py trains; this module keeps what it trained (Run, and compare() for --compare), after every epoch,
+each file whole (cli.write_atomically), so that an interruption, a divergence or a full disk leaves files
+that describe one same finished epoch, and a status that says how it ended: 'finished', 'diverged',
+'interrupted' or 'failed: cannot write ...'.
 """
 import copy
 import csv
@@ -20,6 +20,7 @@ import data
 from losses import LOSSES, softmax
 from support import cli, metrics
 from helpers import plots
+from support.steps import Diverged
 from support.cli import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, OutputError, write_atomically, write_text
 
 HISTORY_COLUMNS = ['epoch', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds']
@@ -27,16 +28,6 @@ OUTPUT_FILES = ['history.csv', 'curves.png', 'metrics.json', 'model.pt', 'predic
                 'confusion.png', 'confidence.png', 'compare.png', 'compare.json'] + [f"history_{loss}.csv" for loss in LOSSES]
 CURVES_EVERY_SECONDS = 2.0  # curves.png is redrawn at most this often (and after the last epoch): no
                             # one reads a figure faster, and drawing it costs as much as an epoch
-
-
-class Diverged(Exception):
-    """The loss became nan or inf: at `step` (a number, or a phrase such as 'evaluation on the test set')
-    of `epoch`, with the value `loss`."""
-
-    def __init__(self, epoch, step, loss):
-        where = f"step {step}" if isinstance(step, int) else step
-        super().__init__(f"epoch {epoch}, {where}: loss is {loss}")
-        self.epoch, self.step, self.loss = epoch, step, loss
 
 
 def epochs(count):
@@ -121,34 +112,80 @@ def earlier_run_note(out, kept):
 
 # ----------------------------------------------------------------------------- one run
 
-def run(config, datasets, device, train, model):
-    """Train `model` with train(config, model, datasets, device, on_epoch) and keep its files current;
-    returns the exit code: 0 finished, 1 diverged, 2 a file could not be written, 130 interrupted.
+class Run:
+    """A train.py run's files, kept current after every epoch and completed however the run ends:
 
-    After every epoch model.pt, history.csv and metrics.json ('running') are replaced, in that order (the
-    largest first: a disk that fills stops the run before the small files get ahead of it). At the end,
-    from the last epoch all three hold: the final figures, model.pt with the test set's calibration, then
-    metrics.json with the run's status (last: one that says 'finished' has every figure beside it).
+        with records.Run(config, datasets, device) as run:
+            for history, model in train(...):
+                run.save(history, model)
+        return run.exit_code      # 0 finished, 1 diverged, 2 a file could not be written, 130 interrupted
+
+    save() replaces model.pt, history.csv and metrics.json ('running'), in that order (the largest first:
+    a disk that fills stops the run before the small files get ahead of it), and redraws curves.png at
+    most every CURVES_EVERY_SECONDS. Leaving the block, from the last saved epoch: the final figures,
+    model.pt with the test set's calibration, then metrics.json with the run's status, 'finished',
+    'diverged', 'interrupted' or 'failed: cannot write ...' (last: one that says 'finished' has every
+    figure beside it); a Diverged, Ctrl-C or OutputError is reported in one line and not raised further.
     """
-    started = time.perf_counter()
-    written = dict(history=[], model=None, drawn=0)  # the last epoch whose three files were all written
-    next_curves = time.monotonic() + CURVES_EVERY_SECONDS
 
-    def on_epoch(history, model_):
-        nonlocal next_curves
+    def __init__(self, config, datasets, device):
+        import matplotlib.figure  # noqa: F401 -- imported now, not half-way through an interrupted wrap-up
+        self.config, self.test_images, self.test_labels, self.device = config, datasets[2], datasets[3], device
+        self.started, self.next_curves = time.perf_counter(), time.monotonic() + CURVES_EVERY_SECONDS
+        self.history, self.model, self.drawn = [], None, 0  # the last epoch whose three files were all written
+        self.exit_code = None
+
+    def __enter__(self):
+        return self
+
+    def save(self, history, model):
+        out = self.config.out
         with cli.signals_deferred():  # the three files and the note of them go together
-            save_checkpoint(os.path.join(config.out, 'model.pt'), model_, config, history)
-            write_text(os.path.join(config.out, 'history.csv'), history_csv(history))
-            write_metrics(config.out, config, history, device, 'running', started)
-            written.update(history=list(history), model=copy.deepcopy(model_))
-        if time.monotonic() >= next_curves:
-            write_curves(config.out, config, history)
-            written['drawn'], next_curves = len(history), time.monotonic() + CURVES_EVERY_SECONDS
+            save_checkpoint(os.path.join(out, 'model.pt'), model, self.config, history)
+            write_text(os.path.join(out, 'history.csv'), history_csv(history))
+            write_metrics(out, self.config, history, self.device, 'running', self.started)
+            self.history, self.model = list(history), copy.deepcopy(model)
+        if time.monotonic() >= self.next_curves:
+            write_curves(out, self.config, history)
+            self.drawn, self.next_curves = len(history), time.monotonic() + CURVES_EVERY_SECONDS
+        cli.stop_if_requested()  # a Ctrl-C whose KeyboardInterrupt was swallowed while saving
 
-    def wrap_up(status):
-        """The final figures and files of the last epoch on disk, with `status`, each attempted even if
+    def __exit__(self, kind, error, traceback):
+        config = self.config
+        if kind is None:
+            kept, note = self._wrap_up('finished')
+            if note:
+                cli.say(f"error: training finished, but its files are incomplete{note}; "
+                        f"{earlier_run_note(config.out, kept)}")
+                self.exit_code = EXIT_BAD_INPUT
+            else:
+                print(f"done: test accuracy {self.history[-1]['test_acc']:.4f} after {epochs(kept)}; "
+                      f"median {statistics.median(row['seconds'] for row in self.history):.3f} s per epoch; "
+                      f"files in {config.out}/")
+                self.exit_code = 0
+        elif issubclass(kind, Diverged):
+            kept, note = self._wrap_up('diverged')
+            hint = ("use a smaller --lr" if config.loss != 'naive'
+                    else "use the stable loss (--loss scratch) or a smaller --lr")
+            cli.say(f"error: training diverged at {error}; {hint} (lr was {config.lr:g}). "
+                    f"{earlier_run_note(config.out, kept)}{note}")
+            self.exit_code = EXIT_DIVERGED
+        elif issubclass(kind, KeyboardInterrupt):
+            kept, note = self._wrap_up('interrupted')
+            cli.say(f"\ninterrupted: {earlier_run_note(config.out, kept)}{note}")
+            self.exit_code = EXIT_INTERRUPTED
+        elif issubclass(kind, OutputError):
+            kept, note = self._wrap_up(f"failed: {error}")
+            cli.say(f"error: {error}; {earlier_run_note(config.out, kept)}{note}")
+            self.exit_code = EXIT_BAD_INPUT
+        else:
+            return False  # anything else is a bug: cli.run reports it
+        return True
+
+    def _wrap_up(self, status):
+        """The final figures and files of the last saved epoch on disk, with `status`, each attempted even if
         one before it failed; returns (epochs kept, a note on what could not be written, or '')."""
-        history, model_, failures = written['history'], written['model'], []
+        config, history, model, failures = self.config, self.history, self.model, []
 
         def attempt(write):
             try:
@@ -158,52 +195,26 @@ def run(config, datasets, device, train, model):
         with cli.signals_ignored():
             if not history:
                 return 0, ''
-            if written['drawn'] != len(history):
+            if self.drawn != len(history):
                 attempt(lambda: write_curves(config.out, config, history))
-            calibration = attempt(lambda: write_final_figures(config.out, model_, datasets[2], datasets[3]))
-            attempt(lambda: save_checkpoint(os.path.join(config.out, 'model.pt'), model_, config, history,
+            calibration = attempt(lambda: write_final_figures(config.out, model, self.test_images, self.test_labels))
+            attempt(lambda: save_checkpoint(os.path.join(config.out, 'model.pt'), model, config, history,
                                             calibration))
             if failures and not status.startswith('failed'):
                 status = f"failed: {failures[0]} (training itself {status})"
-            metrics_written = attempt(lambda: write_metrics(config.out, config, history, device, status, started,
-                                                            calibration and {'calibration': calibration})
+            metrics_written = attempt(lambda: write_metrics(config.out, config, history, self.device, status,
+                                                            self.started, calibration and {'calibration': calibration})
                                       or True)
         note = f"; {failures[0]}" if failures else ''
         if not metrics_written:
             note += "; metrics.json could not be updated and still says 'running'"
         return len(history), note
 
-    try:
-        history = train(config, model, datasets, device, on_epoch)
-        kept, note = wrap_up('finished')  # inside the try: a Ctrl-C landing before it still gets a wrap-up
-    except Diverged as diverged:
-        kept, note = wrap_up('diverged')
-        hint = ("use a smaller --lr" if config.loss != 'naive'
-                else "use the stable loss (--loss scratch) or a smaller --lr")
-        cli.say(f"error: training diverged at {diverged}; {hint} (lr was {config.lr:g}). "
-                f"{earlier_run_note(config.out, kept)}{note}")
-        return EXIT_DIVERGED
-    except KeyboardInterrupt:
-        kept, note = wrap_up('interrupted')
-        cli.say(f"\ninterrupted: {earlier_run_note(config.out, kept)}{note}")
-        return EXIT_INTERRUPTED
-    except OutputError as error:
-        kept, note = wrap_up(f"failed: {error}")
-        cli.say(f"error: {error}; {earlier_run_note(config.out, kept)}{note}")
-        return EXIT_BAD_INPUT
-    if note:
-        cli.say(f"error: training finished, but its files are incomplete{note}; "
-                f"{earlier_run_note(config.out, kept)}")
-        return EXIT_BAD_INPUT
-    print(f"done: test accuracy {history[-1]['test_acc']:.4f} after {epochs(len(history))}; "
-          f"median {statistics.median(row['seconds'] for row in history):.3f} s per epoch; "
-          f"files in {config.out}/")
-    return 0
-
 
 def compare(config, datasets, device, train, initial):
-    """Train a copy of the model `initial` once per loss, in the same order of batches; overlay the curves
-    in compare.png, each history in history_<loss>.csv, the outcome in compare.json. Returns the exit code."""
+    """Train a copy of the model `initial` once per loss with train.py's train(), in the same order of batches;
+    overlay the curves in compare.png, each history in history_<loss>.csv, the outcome in compare.json.
+    Returns the exit code."""
     started = time.perf_counter()
     histories, diverged, code = {}, {}, 0
     try:
@@ -211,12 +222,11 @@ def compare(config, datasets, device, train, initial):
             print(f"--- loss: {loss}")
             history_path = os.path.join(config.out, f"history_{loss}.csv")
             write_text(history_path, history_csv([]))  # a header, until the first epoch is done
-
-            def on_epoch(history, _model):
-                histories[loss] = list(history)  # first: what the wrap-up below writes again, whole
-                write_text(history_path, history_csv(history))
             try:
-                train(dataclasses.replace(config, loss=loss), copy.deepcopy(initial), datasets, device, on_epoch)
+                for history, _ in train(dataclasses.replace(config, loss=loss), copy.deepcopy(initial), datasets,
+                                        device):
+                    histories[loss] = list(history)  # first: what the wrap-up below writes again, whole
+                    write_text(history_path, history_csv(history))
             except Diverged as error:
                 diverged[loss] = str(error)
                 kept = len(histories.get(loss, []))

@@ -126,16 +126,18 @@ def _first_batch(fashion_mnist, size=256):
 
 
 def test_closed_form_gradients_are_autograds(fashion_mnist):
-    """dO = (softmax(O) - Y)/n, dW = X^T dO, db = sum dO: what autograd finds through either loss."""
+    """l_i = log sum exp(o_i) - o_iy, dO = (softmax(O) - Y)/n, dW = X^T dO, db = sum dO: what autograd finds
+    through the stable loss and through nn.CrossEntropyLoss."""
     X, y = _first_batch(fashion_mnist)
     torch.manual_seed(0)
     model = SoftmaxRegression()
     with torch.no_grad():
         model.W.mul_(300)  # large logits, where a careless formula would lose precision
     with torch.no_grad():
-        dW, db = train.closed_form_gradients(model, X, model(X), y)
-    for loss in ('scratch', 'torch'):  # losses.cross_entropy and nn.CrossEntropyLoss, through autograd
-        dW_ref, db_ref = train.autograd_gradients(model, X, model(X), y, loss)
+        l, (dW, db) = train.closed_form_gradients(model, X, model(X), y)
+    for loss in ('scratch', 'torch'):  # losses.stable_loss and nn.CrossEntropyLoss, through autograd
+        l_ref, (dW_ref, db_ref) = train.autograd_gradients(model, model(X), y, loss)
+        torch.testing.assert_close(l, l_ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(dW, dW_ref, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(db, db_ref, rtol=1e-5, atol=1e-7)
     assert dW.shape == (784, 10) and db.shape == (10,)
@@ -152,7 +154,7 @@ def test_sgd_update_is_torch_optim_sgd(fashion_mnist, momentum, weight_decay):
     for start in range(0, 512, 128):  # four steps, so that momentum matters
         Xb, yb = X[start:start + 128], y[start:start + 128]
         with torch.no_grad():
-            grads = train.closed_form_gradients(mine, Xb, mine(Xb), yb)
+            _, grads = train.closed_form_gradients(mine, Xb, mine(Xb), yb)
         train.sgd_update(list(mine.parameters()), grads, velocities, 0.1, momentum, weight_decay)
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(reference(Xb), yb).backward()
