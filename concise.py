@@ -26,10 +26,9 @@ from support.steps import Diverged, steps
 
 def train_epoch(net, loss, optimizer, X_train, y_train, order, epoch, args):
     """One epoch of minibatch SGD (d2l 3.7.3) -> (mean train loss, train accuracy)."""
-    batch_size, losses = args.batch_size, torch.empty_like(y_train, dtype=torch.float)
-    logits = torch.empty(len(y_train), 10, device=order.device)
-    for i in steps(epoch, args.epochs, losses, batch_size):  # the one hook: Ctrl-C, threads, progress bar, nan
-        rows = slice(i * batch_size, (i + 1) * batch_size)
+    losses, logits = X_train.new_empty(len(y_train)), X_train.new_empty(len(y_train), 10)
+    for i in steps(epoch, args.epochs, losses, args.batch_size):  # the one hook: Ctrl-C, threads, progress, nan
+        rows = slice(i * args.batch_size, (i + 1) * args.batch_size)
         X, y = data.minibatch(X_train, y_train, order[rows])
         y_hat = net(X)
         l = loss(y_hat, y)  # one loss per example: reduction='none', as in the book
@@ -38,12 +37,6 @@ def train_epoch(net, loss, optimizer, X_train, y_train, order, epoch, args):
         optimizer.step()
         losses[rows], logits[rows] = l.detach(), y_hat.detach()
     return train.mean_loss(losses), int(correct_count(logits, y_train[order])) / len(y_train)
-
-
-@torch.no_grad()
-def test(net, loss, X_test, y_test):
-    y_hat = net(X_test)
-    return train.mean_loss(loss(y_hat, y_test)), int(correct_count(y_hat, y_test)) / len(y_test)
 
 
 def main(argv=None):
@@ -70,7 +63,7 @@ def main(argv=None):
             train_loss, train_acc = train_epoch(net, loss, optimizer, X_train, y_train, order, epoch, args)
         except Diverged as error:
             return cli.say(f"error: training diverged at {error}; use a smaller --lr") or cli.EXIT_DIVERGED
-        test_loss, test_acc = test(net, loss, X_test, y_test)
+        test_loss, test_acc = train.evaluate(net, 'torch', X_test, y_test)  # as the book reuses evaluate_accuracy
         history.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                             test_acc=test_acc, seconds=time.perf_counter() - start))
         cli.write_text(os.path.join(args.out, 'history.csv'), history_csv(history))

@@ -307,7 +307,7 @@ def test_an_unwritable_out_or_missing_data_is_refused_before_training(tmp_path):
     assert sorted(os.listdir(tmp_path / 'out')) == ['sweep.csv']
 
 
-# ------------------------------------------------------------------ faults at the edges (issue 20)
+# ------------------------------------------------------------------ faults at the edges
 
 def test_a_disk_that_fills_ends_the_sweep_with_a_status_that_says_so(run_sweep, capsys):
     with tiny_disk(60) as disk:

@@ -15,7 +15,7 @@ EVERY_OUTPUT = ['history.csv', 'curves.png', 'metrics.json', 'model.pt',
 
 
 def test_a_two_epoch_run_writes_every_output_and_nothing_else(finished_run):
-    # nothing else: no temporary file, and no .lock (issue 17: the folder itself is locked)
+    # nothing else: no temporary file, and no lock file (the lock is kept outside the outputs)
     assert sorted(os.listdir(finished_run)) == sorted(EVERY_OUTPUT)
     for name in EVERY_OUTPUT:
         path = finished_run / name
