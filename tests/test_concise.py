@@ -41,7 +41,7 @@ def test_a_diverging_run_is_one_line_and_exit_1_keeping_the_finished_epochs(fash
     def loss_that_turns_nan(y_hat, y):  # nan from the second epoch's steps on, as a diverging run gives
         losses = concise.nn.functional.cross_entropy(y_hat, y, reduction='none')
         nan_from.append(1)
-        return losses * float('nan') if len(nan_from) > 236 else losses
+        return losses * float("nan") if len(nan_from) > 235 else losses  # epoch 1 has 235 steps
     monkeypatch.setattr(concise.nn, 'CrossEntropyLoss', lambda reduction: loss_that_turns_nan)
     assert concise_in_process(fashion_mnist, '--epochs', '3', '--out', tmp_path) == cli.EXIT_DIVERGED
     err = capsys.readouterr().err
