@@ -389,8 +389,7 @@ def main(argv=None):
     sweep = parse_config(argv)  # bad flags: one line naming the flag, exit 2
     csv_path = os.path.join(sweep.out, 'sweep.csv')
     check_grid_size(sweep, read_sweep_csv(csv_path))  # before anything is written
-    cli.prepare_out_dir(sweep.out, outputs(sweep.out))
-    cli.lock_out_dir(sweep.out)  # a second sweep into the same folder would interleave sweep.csv
+    cli.prepare_out_dir(sweep.out, outputs(sweep.out))  # and locked: a second sweep there would interleave sweep.csv
     rows = read_sweep_csv(csv_path)  # again, under the lock; refused before anything in the folder changes
     total = check_grid_size(sweep, rows)
     print(f"sweep: {count(sweep.size(), 'run')} ({shape(sweep)}, {sweep.recipe} recipe, {sweep.loss} loss): "

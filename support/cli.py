@@ -18,21 +18,32 @@ A script follows one pattern, and gets all of the above from it:
 
 Only the standard library is imported here, so cli.start() runs before anything slow.
 """
+import _thread
 import argparse
+import atexit
 import contextlib
 import errno
-import fcntl
+import hashlib
 import math
 import os
+import shutil
 import signal
 import stat
 import struct
 import sys
 import tempfile
 import threading
+import time
+
+try:
+    import fcntl  # POSIX: the --out lock is an flock on the folder itself (lock_out_dir)
+except ImportError:  # Windows: a lock file in the system's temporary folder instead
+    fcntl = None
 
 EXIT_DONE, EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # Ctrl-C, kill, the terminal closed
+# Ctrl-C, kill, the terminal closed (POSIX), Ctrl-Break (Windows): whichever this platform has
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ('SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK')
+                     if hasattr(signal, name))
 
 
 class InputError(Exception):
@@ -119,7 +130,10 @@ def say(message):
 
 # ----------------------------------------------------------------------------- signals
 
-_stop_requested = []  # Ctrl-C / kill seen: checked by long loops in case the KeyboardInterrupt was swallowed
+_stop_requested = []  # the stop signals that arrived while this run's main() ran, in order
+_in_main = []  # [True] while main() runs: only then does a stop signal raise KeyboardInterrupt
+_stopped = []  # [True] once a run ended interrupted: what its teardown still prints is noise
+_undelivered = []  # [signal] while a stop swallowed somewhere has not yet reached code that can act on it
 
 
 def _exit_while_starting(signum, frame):
@@ -130,16 +144,75 @@ def _exit_while_starting(signum, frame):
 
 
 def _interrupt(signum, frame):
-    # The KeyboardInterrupt can land inside code that swallows it (an import lock's weakref callback did,
-    # in a test), so the request is also remembered and the loops raise it again (stop_if_requested).
-    _stop_requested.append(signum)
-    raise KeyboardInterrupt
+    # Remembered wherever its KeyboardInterrupt lands: Python swallows it in a __del__ or an at-fork hook
+    # (logging's, as a DataLoader starts its workers), a library may catch it; _unraisable delivers it
+    # again, the loops ask stop_if_requested, run() never reports 0 after it. After main(), the run is
+    # being reported: a late signal must not cut that short, nor turn a finished run into exit 130.
+    if _in_main:
+        _stop_requested.append(signum)
+        if _inside(_unraisable, frame):  # it would be swallowed in there again: delivered once out
+            _undelivered[:] = [signum]
+            return
+        del _undelivered[:]
+        raise KeyboardInterrupt
+
+
+def _inside(function, frame):
+    while frame is not None and frame.f_code is not function.__code__:
+        frame = frame.f_back
+    return frame is not None
 
 
 def stop_if_requested():
     """Raise KeyboardInterrupt if Ctrl-C or kill arrived and its exception was lost somewhere."""
     if _stop_requested:
         raise KeyboardInterrupt
+
+
+_previous_unraisablehook = [sys.unraisablehook]
+
+
+def _unraisable(unraisable):
+    """sys.unraisablehook. After a stop, what Python could not raise (in a __del__, a half-built object's
+    clean-up) is its consequence, not news: not printed. The stop's own KeyboardInterrupt, swallowed there,
+    is delivered again, until code that can act on it gets it."""
+    seen = len(_stop_requested)
+    if not (_stop_requested or _stopped):
+        _previous_unraisablehook[0](unraisable)
+    if _in_main and _stop_requested and (issubclass(unraisable.exc_type, KeyboardInterrupt)
+                                         or len(_stop_requested) > seen):  # or a stop arrived in here
+        _undelivered[:] = [_stop_requested[-1]]
+        threading.Thread(target=_deliver_again, daemon=True).start()
+
+
+def _deliver_again():
+    # In another thread, until the main one, out of this hook and of what swallowed the stop, has raised it:
+    # _thread.interrupt_main calls the signal's handler in the main thread (not while the signal is ignored).
+    while _undelivered and _in_main:
+        time.sleep(0.01)
+        with contextlib.suppress(IndexError):
+            _thread.interrupt_main(_undelivered[-1])
+
+
+def _forget_in_child():
+    # A forked child (a DataLoader worker) is not the run: it gets the handlers a fresh interpreter has, as
+    # a spawned worker does on Windows and macOS: Ctrl-C is a KeyboardInterrupt (torch's workers expect it),
+    # kill and hang-up end it (multiprocessing's terminate() expects that), and none of the run's records.
+    # Nor its flocks: a worker outliving a run killed outright must not keep its folder locked (closing a
+    # copy of the descriptor leaves the run's own lock in place).
+    with contextlib.suppress(ValueError):  # forked from another thread: signals are not this thread's
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) in (_interrupt, _exit_while_starting):
+                signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    for fd in [lock for lock in _locks if isinstance(lock, int)]:
+        _locks.remove(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    del _stop_requested[:], _in_main[:], _stopped[:], _undelivered[:]
+
+
+if hasattr(os, 'register_at_fork'):  # not on Windows, where workers are spawned
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _on_main_thread():
@@ -163,7 +236,7 @@ def signals_deferred():
             if callable(handler):
                 handler(pending[0], None)
             elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), pending[0])
+                signal.raise_signal(pending[0])
 
 
 @contextlib.contextmanager
@@ -189,11 +262,18 @@ def _why_not_written(error, folder):
     if isinstance(error, OSError):
         return error.strerror or str(error)
     with contextlib.suppress(OSError):
-        space = os.statvfs(folder)
-        free = space.f_bfree if os.geteuid() == 0 else space.f_bavail  # root may use the reserved blocks
-        if free == 0 or space.f_ffree == 0:
+        if hasattr(os, 'statvfs'):
+            space = os.statvfs(folder)
+            free = space.f_bfree if _is_root() else space.f_bavail  # root may use the reserved blocks
+            if free == 0 or space.f_ffree == 0:
+                return os.strerror(errno.ENOSPC)
+        elif shutil.disk_usage(folder).free == 0:  # Windows: the space this user may use
             return os.strerror(errno.ENOSPC)
     return f"{type(error).__name__}: {_first_line(error)}"
+
+
+def _is_root():
+    return hasattr(os, 'geteuid') and os.geteuid() == 0  # Windows has no root that ignores permissions
 
 
 def _first_line(error):
@@ -212,7 +292,7 @@ def write_atomically(path, write):
             os.close(fd)
             write(tmp)
             os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
-            os.replace(tmp, path)
+            _replace(tmp, path)
         except BaseException as error:
             if isinstance(error, (KeyboardInterrupt, SystemExit, MemoryError, InputError)):
                 _remove(tmp)
@@ -224,6 +304,27 @@ def write_atomically(path, write):
             # file open), and the space stays taken for as long as anyone holds the OutputError.
             _remove(tmp)
             raise OutputError(f"cannot write {path}: {reason}")
+
+
+# Windows refuses to rename over a file another program holds open (a picture viewer showing curves.png
+# while the run redraws it, a virus scanner reading the file just written): PermissionError. Such holds are
+# often brief, so the rename is retried for a while before the run says so. Elsewhere a rename over a file
+# never waits on its readers, and a PermissionError there is final.
+REPLACE_RETRY_SECONDS = 2.0 if os.name == 'nt' else 0.0
+
+
+def _replace(tmp, path):
+    deadline = time.monotonic() + REPLACE_RETRY_SECONDS
+    while True:
+        try:
+            return os.replace(tmp, path)
+        except PermissionError as error:
+            if time.monotonic() >= deadline:
+                if REPLACE_RETRY_SECONDS:
+                    raise PermissionError(error.errno, f"{error.strerror or error} (is it open in another "
+                                                       f"program?)") from None
+                raise
+            time.sleep(0.05)
 
 
 def _remove(tmp):
@@ -242,6 +343,19 @@ def write_text(path, text):
 FS_IOC_GETFLAGS, FS_IMMUTABLE_FL, FS_APPEND_FL = 0x80086601, 0x10, 0x20  # linux/fs.h (chattr's flags)
 
 
+def _chattr_flags(path):
+    """Linux's chattr flags of the file `path` (FS_IMMUTABLE_FL, ...); 0 where they cannot be read."""
+    if fcntl is None or not hasattr(os, 'O_NONBLOCK'):
+        return 0
+    flags, fd = 0, None
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        flags = struct.unpack('i', fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8))[:4])[0]
+    if fd is not None:
+        os.close(fd)
+    return flags
+
+
 def _cannot_replace(path):
     """Why this run could not replace the existing file `path` with its own (a rename over it), or None."""
     try:
@@ -253,24 +367,22 @@ def _cannot_replace(path):
     if not stat.S_ISREG(info.st_mode):
         return "something other than a file is in the way"
     if not os.access(path, os.W_OK):  # mode bits alone do not stop a rename over it; chattr's flags do
-        flags, fd = 0, None
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            flags = struct.unpack('i', fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8))[:4])[0]
-        if fd is not None:
-            os.close(fd)
+        if os.name == 'nt':  # Windows: a read-only file cannot be renamed over
+            return "it is read-only (attrib -r lifts that), so this run cannot replace it"
+        flags = _chattr_flags(path)
         if flags & (FS_IMMUTABLE_FL | FS_APPEND_FL):
             kind = 'immutable' if flags & FS_IMMUTABLE_FL else 'append-only'
             return f"it is {kind} (chattr +{kind[0]}; chattr -{kind[0]} lifts that), so this run cannot replace it"
-        if os.geteuid() == 0:
+        if _is_root():
             return "it cannot be replaced (writing to it is refused even to root)"
     return None
 
 
 def prepare_out_dir(out, outputs=(), flag='--out'):
-    """Make the output folder and check, before any work starts, that this run can write there: the folder
-    takes new files, and each of `outputs` (file names in it) that an earlier run left is a regular file
-    this run can replace. Otherwise OutputError naming the folder or the file, with nothing written."""
+    """Make the output folder, lock it for this run (lock_out_dir), and check, before any work starts, that
+    this run can write there: the folder takes new files, and each of `outputs` (file names in it) that an
+    earlier run left is a regular file this run can replace. Otherwise OutputError naming the folder or the
+    file, with nothing written. Every script that writes into an output folder calls this first."""
     if not out:
         raise OutputError(f"{flag} is empty; give a folder name, e.g. {flag} outputs")
     if os.path.islink(out) and not os.path.exists(out):
@@ -286,30 +398,53 @@ def prepare_out_dir(out, outputs=(), flag='--out'):
             os.unlink(probe)
     except OSError as error:
         raise OutputError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+    lock = _lock(out, flag)
     for name in outputs:
         why = _cannot_replace(os.path.join(out, name))
         if why:
+            release_lock(_locks.pop(_locks.index(lock)))  # refused with nothing written, nothing held
             raise OutputError(f"cannot write {os.path.join(out, name)}: {why}; nothing was written")
 
 
-_locks = []  # descriptors of the locked output folders: a lock lasts as long as the process
-
-
-def _lock_holder(out):
-    """The pid of the process holding an flock on the folder `out`, from /proc/locks; None if unknown."""
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        info = os.stat(out)
-        inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-        with open('/proc/locks') as f:  # "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF"
-            fields = next(fields for fields in map(str.split, f) if 'FLOCK' in fields and inode in fields)
-        return int(fields[fields.index(inode) - 1])
+_locks = []  # an flocked descriptor (POSIX) or (lock file, FileLock) per folder; held until the process ends
 
 
 def lock_out_dir(out, flag='--out'):
-    """Refuse a second run writing into the same folder at once (their files would interleave). The flock
+    """The lock prepare_out_dir takes; nothing if this process holds it on `out` already."""
+    if not _held(out):
+        _lock(out, flag)
+
+
+def _held(out):
+    for lock in _locks:
+        with contextlib.suppress(OSError):
+            if lock[0] == _lock_file(out) if isinstance(lock, tuple) else os.path.samestat(os.fstat(lock), os.stat(out)):
+                return True
+    return False
+
+
+def release_lock(lock):
+    """Give up one of _locks (removed from it by the caller), as the end of the process would."""
+    if isinstance(lock, tuple):
+        _remove(lock[0] + '.pid')
+        lock[1].release()
+    else:
+        os.close(lock)
+
+
+def _refused(out, flag, holder):
+    return OutputError(f"another run{f' (process {holder})' if holder else ''} is writing to {out}{os.sep} "
+                       f"right now; wait for it to finish or choose another {flag}")
+
+
+def _lock(out, flag):
+    """Refuse a second run writing into the folder `out` at once (their files would interleave), this
+    process's own main() called again included; the lock taken is appended to _locks and returned. The flock
     is on the folder itself (no file among the outputs); the system releases it however the process ends."""
+    if fcntl is None:
+        return _lock_elsewhere(out, flag)
     try:
-        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(out, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
     except OSError as error:
         raise OutputError(f"cannot use output folder {out}: {error.strerror or error}") from None
     try:
@@ -317,11 +452,54 @@ def lock_out_dir(out, flag='--out'):
     except OSError as error:
         os.close(fd)
         if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            holder = _lock_holder(out)
-            raise OutputError(f"another run{f' (process {holder})' if holder else ''} is writing to {out}/ "
-                              f"right now; wait for it to finish or choose another {flag}") from None
+            raise _refused(out, flag, _lock_holder(out)) from None
         raise OutputError(f"cannot lock output folder {out}: {error.strerror or error}") from None
     _locks.append(fd)
+    return fd
+
+
+def _lock_holder(out):
+    """The pid of the process holding an flock on the folder `out`, from /proc/locks (Linux); None if unknown."""
+    with contextlib.suppress(OSError, ValueError, StopIteration, AttributeError):
+        info = os.stat(out)
+        inode = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        with open('/proc/locks') as f:  # "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF"
+            fields = next(fields for fields in map(str.split, f) if 'FLOCK' in fields and inode in fields)
+        return int(fields[fields.index(inode) - 1])
+
+
+def _lock_file(out):
+    """The lock file of the folder `out` where there is no flock: in the system's temporary folder, named
+    after the folder's real path, so that no file is added among the outputs."""
+    key = hashlib.sha256(os.fsencode(os.path.normcase(os.path.realpath(out)))).hexdigest()[:32]
+    return os.path.join(tempfile.gettempdir(), f"softmax-out-{key}.lock")
+
+
+def _lock_elsewhere(out, flag):
+    """_lock without flock (Windows): the lock file of `out`, held with filelock (torch installs it), which
+    the system releases however the process ends; runs sharing the temporary folder (the same user's TEMP)
+    see each other's. The holder's pid is written beside it, for the message."""
+    import filelock
+    try:
+        path = _lock_file(out)
+        with open(path, 'a'):  # filelock takes a lock file it cannot create for one someone else holds
+            pass
+        lock = filelock.FileLock(path)
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        holder = None
+        with contextlib.suppress(OSError, ValueError):
+            with open(path + '.pid') as f:
+                holder = int(f.read())
+        raise _refused(out, flag, holder) from None
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ''
+        raise OutputError(f"cannot lock output folder {out}: {error.strerror or error}{where}") from None
+    _locks.append((path, lock))
+    with contextlib.suppress(OutputError):  # the pid only names the holder in a refusal
+        write_text(path + '.pid', f"{os.getpid()}\n")
+        atexit.register(_remove, path + '.pid')  # before the lock goes, as the process ends
+    return _locks[-1]
 
 
 # ----------------------------------------------------------------------------- command-line flags
@@ -399,12 +577,20 @@ def run(main, argv=None):
     """Run main(argv) -> exit code under the rules in this module's docstring; return the exit code."""
     original = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if _on_main_thread() else {}
     start()
-    _stop_requested.clear()
+    del _stop_requested[:], _stopped[:]
+    if sys.unraisablehook is not _unraisable:
+        _previous_unraisablehook[0], sys.unraisablehook = sys.unraisablehook, _unraisable
     for sig in original:
         if signal.getsignal(sig) != signal.SIG_IGN:
             signal.signal(sig, _interrupt)
     try:
-        code = main(argv)
+        _in_main.append(True)
+        try:
+            code = main(argv)
+        finally:
+            del _in_main[:], _undelivered[:]  # from here on a stop signal is only recorded: the run is reported
+        if code == EXIT_DONE and _stop_requested:  # asked to stop, and its KeyboardInterrupt was swallowed
+            raise KeyboardInterrupt
     except InputError as error:
         say(f"error: {error}")
         code = EXIT_BAD_INPUT
@@ -422,14 +608,21 @@ def run(main, argv=None):
         if os.environ.get('TRACEBACK'):
             import traceback
             traceback.print_exc()
-        say(f"error: unexpected {type(error).__name__}: {_first_line(error)} (run with TRACEBACK=1 to see where)")
-        code = EXIT_DIVERGED
+        if _stop_requested:  # broken by the stop (a half-built object, a worker gone): the stop is the news
+            say("\ninterrupted")
+            code = EXIT_INTERRUPTED
+        else:
+            say(f"error: unexpected {type(error).__name__}: {_first_line(error)} (run with TRACEBACK=1 to see where)")
+            code = EXIT_DIVERGED
     finally:
         with contextlib.suppress(ValueError, OSError):
             # After main, a late Ctrl-C must not turn a finished run into exit 130; a caller that was
             # not a script (a test calling run() in-process) gets its own handlers back.
             for sig, handler in original.items():
                 signal.signal(sig, signal.SIG_IGN if handler is _exit_while_starting else handler)
+    if _stop_requested or code == EXIT_INTERRUPTED:
+        _stopped.append(True)  # what this run's clean-up still prints (in a __del__, at exit) is not news
+    _stop_requested.clear()  # a caller's next main() starts afresh
     sys.stdout.flush()
     if 'stdout' in _lost_streams:
         say(f"note: standard output could not be written ({_lost_streams['stdout']}), so what followed was "

@@ -33,12 +33,13 @@ def open_regular_file(path, what='a file'):
     """(binary file object, size in bytes) of `path`, opened for reading; raises NotAFile otherwise.
 
     Only a regular file is opened, and non-blocking, so that a FIFO swapped in after the check cannot hang
-    us; fstat then confirms what was opened (O_NONBLOCK changes nothing for a regular file)."""
+    us; fstat then confirms what was opened (O_NONBLOCK changes nothing for a regular file). Windows has no
+    O_NONBLOCK (nor FIFOs that open() could block on) and opens in text mode unless told O_BINARY."""
     problem = not_a_regular_file(path, what)
     if problem:
         raise NotAFile(problem)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_BINARY', 0))
     except OSError as error:
         raise NotAFile(f"cannot read ({error.strerror or error})") from None
     info = os.fstat(fd)

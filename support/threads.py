@@ -26,6 +26,7 @@ The policy (ThreadChooser): one thread, unless more are clearly and repeatedly f
 """
 import os
 import statistics
+import sys
 import time
 
 # torch is imported inside the functions below: importing this module must not load it (a script calls
@@ -51,8 +52,9 @@ def gemms_reproducible_across_thread_counts():
     import ctypes
 
     import torch
+    library = {'win32': 'torch_cpu.dll', 'darwin': 'libtorch_cpu.dylib'}.get(sys.platform, 'libtorch_cpu.so')
     try:
-        mkl = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), 'lib', 'libtorch_cpu.so'))
+        mkl = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), 'lib', library))
         return bool(mkl.mkl_serv_cbwr_get(ctypes.c_int(-1)) & 0x10000)  # MKL_CBWR_STRICT
     except (OSError, AttributeError):  # a build without MKL (e.g. ARM): keep torch's thread count
         return False
@@ -76,9 +78,10 @@ def cpu_seconds():
                 if name[3:].isdigit() and (cores is None or int(name[3:]) in cores):
                     ticks = [int(t) for t in ticks[:8]]  # user nice system idle iowait irq softirq steal
                     busy += sum(ticks) - ticks[3] - ticks[4]  # steal too: a hypervisor's neighbour
-    except (OSError, ValueError):
+        ticks_per_second = os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, AttributeError):  # AttributeError: no os.sysconf (Windows)
         return None
-    return busy / os.sysconf('SC_CLK_TCK'), time.process_time()
+    return busy / ticks_per_second, time.process_time()
 
 
 class ThreadChooser:

@@ -26,7 +26,7 @@ def released_locks():
         yield
     finally:
         while len(cli._locks) > held:
-            os.close(cli._locks.pop())
+            cli.release_lock(cli._locks.pop())
 
 
 def train_in_process(datasets, *argv):
@@ -100,6 +100,22 @@ def has_open(pid, fragment):
     return False
 
 
+def children(pid):
+    """The pids of process `pid`'s children that run the same program (forked: DataLoader workers), from
+    /proc (Linux); an empty set where that cannot be read."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+            program = f.read()
+        with open(f'/proc/{pid}/task/{pid}/children') as f:
+            found = set()
+            for child in map(int, f.read().split()):
+                with contextlib.suppress(OSError), open(f'/proc/{child}/cmdline', 'rb') as c:
+                    if c.read() == program:
+                        found.add(child)
+            return found
+    return set()
+
+
 def send_when(process, sig, moment, timeout=120):
     """Send `sig` to a started process as soon as moment(its pid) holds; then (exit code, stdout, stderr)."""
     deadline = time.monotonic() + timeout
@@ -124,6 +140,9 @@ def no_longer_than(seconds):
     """Fail instead of hanging when something blocks (opening a FIFO waits for a writer forever)."""
     def fail(signum, frame):
         raise TimeoutError(f"still blocked after {seconds} s")
+    if not hasattr(signal, 'setitimer'):  # Windows: no timer signal (and no FIFO that open() blocks on)
+        yield
+        return
     previous = signal.signal(signal.SIGALRM, fail)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -135,10 +154,14 @@ def no_longer_than(seconds):
 
 @contextlib.contextmanager
 def tiny_disk(kilobytes):
-    """A folder on a tmpfs of `kilobytes` KB, a disk that fills; None where mounting is not permitted."""
+    """A folder on a tmpfs of `kilobytes` KB, a disk that fills; None where mounting is not permitted (not
+    root, or not Linux)."""
     folder = tempfile.mkdtemp(prefix='tiny-disk-')
-    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={kilobytes}k', 'tmpfs', folder],
-                             capture_output=True).returncode == 0
+    try:
+        mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={kilobytes}k', 'tmpfs', folder],
+                                 capture_output=True).returncode == 0
+    except OSError:  # no mount command (Windows)
+        mounted = False
     try:
         yield folder if mounted else None
     finally:

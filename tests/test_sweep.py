@@ -13,7 +13,7 @@ import pytest
 import data
 import sweep
 import train
-from common import (PNG_SIGNATURE, assert_one_line_error, finish, no_temporary_files, read_csv, start,
+from common import (PNG_SIGNATURE, released_locks, assert_one_line_error, finish, no_temporary_files, read_csv, start,
                      tiny_disk)
 from support import cli
 from helpers import plots_sweep, records
@@ -29,7 +29,7 @@ def without_seconds(history):
 def run_sweep(fashion_mnist):
     """sweep.main in this process, on the session's copy of the data; returns (exit code, keys trained)."""
     def run(out, *flags):
-        trained, locks = [], len(cli._locks)
+        trained = []
         real_train_run = sweep.train_run
 
         def counting_train_run(config, datasets, device):
@@ -38,11 +38,8 @@ def run_sweep(fashion_mnist):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(sweep.data, 'load_fashion_mnist', lambda *args, **kwargs: fashion_mnist)
             patch.setattr(sweep, 'train_run', counting_train_run)
-            try:
+            with released_locks():  # a folder's lock lasts as long as the process; this one runs many sweeps
                 code = sweep.main(['--out', str(out), '--device', 'cpu', *flags])
-            finally:  # the folder's lock lasts as long as the process; this process runs many sweeps
-                while len(cli._locks) > locks:
-                    os.close(cli._locks.pop())
         return code, trained
     return run
 
@@ -279,14 +276,11 @@ def test_a_sweep_csv_that_is_not_one_is_refused_and_nothing_is_lost(tmp_path, ru
 
 
 def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path, run_sweep):
-    cli.prepare_out_dir(str(tmp_path))
-    cli.lock_out_dir(str(tmp_path))  # as if another sweep were writing there
-    try:
+    with released_locks():
+        cli.prepare_out_dir(str(tmp_path))  # as another sweep writing there does: checked and locked
         with pytest.raises(cli.OutputError, match='another run .* is writing to'):
             run_sweep(tmp_path, '--lr', '0.1', '--batch-size', '1024', '--epochs', '1')
-    finally:
-        os.close(cli._locks.pop())
-    assert os.listdir(tmp_path) == []  # no .lock: the folder itself is locked
+    assert os.listdir(tmp_path) == []  # no lock file among the outputs
 
 
 def test_an_unwritable_out_or_missing_data_is_refused_before_training(tmp_path):
@@ -295,14 +289,9 @@ def test_an_unwritable_out_or_missing_data_is_refused_before_training(tmp_path):
         sweep.main(['--out', str(tmp_path / 'a-file'), '--epochs', '1'])
     (tmp_path / 'out').mkdir()
     (tmp_path / 'out' / 'sweep.csv').write_text(HEADER + '\n' + GOOD_ROW + '\n')
-    locks = len(cli._locks)
-    try:
-        with pytest.raises(data.DataError, match='does not exist'):
-            sweep.main(['--data-dir', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'out'), '--device', 'cpu',
-                        '--lr', '0.3', '--batch-size', '1024', '--epochs', '1'])
-    finally:
-        while len(cli._locks) > locks:
-            os.close(cli._locks.pop())
+    with released_locks(), pytest.raises(data.DataError, match='does not exist'):
+        sweep.main(['--data-dir', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'out'), '--device', 'cpu',
+                    '--lr', '0.3', '--batch-size', '1024', '--epochs', '1'])
     assert (tmp_path / 'out' / 'sweep.csv').read_text() == HEADER + '\n' + GOOD_ROW + '\n'
     assert sorted(os.listdir(tmp_path / 'out')) == ['sweep.csv']
 

@@ -1,5 +1,8 @@
 """support/threads.py: the thread chooser's decisions under a fake clock and a fake load, and the
 history that does not depend on them."""
+import os
+import sys
+
 import pytest
 import torch
 
@@ -198,11 +201,36 @@ def test_the_thread_count_does_not_change_the_history(fashion_mnist, monkeypatch
         for count in (1, 2):
             torch.set_num_threads(count)
             config = train.Config(**dict(train.RECIPES['tuned'], epochs=2), device='cpu')
-            history = train.train(config, train.new_model(config, torch.device('cpu')), fashion_mnist,
-                                  torch.device('cpu'), log=lambda line: None)
+            for history, _ in train.train(config, train.new_model(config, torch.device('cpu')), fashion_mnist,
+                                          torch.device('cpu')):
+                pass
             assert {row['threads'] for row in history} == {count}
             histories.append([{k: v for k, v in row.items() if k not in ('seconds', 'threads')}
                               for row in history])
     finally:
         torch.set_num_threads(before)
     assert histories[0] == histories[1]
+
+
+# ------------------------------------------------------------------ other platforms
+
+def test_without_proc_stat_or_sysconf_there_is_no_load_reading(monkeypatch):
+    """Windows and macOS have neither /proc/stat nor (Windows) os.sysconf: cpu_seconds says so, and the
+    interleaved trials decide alone (test_without_proc_stat_the_interleaved_trials_decide)."""
+    assert threads.cpu_seconds() is not None or not os.path.exists('/proc/stat')
+    monkeypatch.delattr(os, 'sysconf')
+    assert threads.cpu_seconds() is None
+
+
+@pytest.mark.parametrize('platform, library', [('linux', 'libtorch_cpu.so'), ('win32', 'torch_cpu.dll'),
+                                               ('darwin', 'libtorch_cpu.dylib')])
+def test_mkls_strict_mode_is_asked_of_the_platforms_own_torch_library(platform, library, monkeypatch):
+    import ctypes
+    opened = []
+
+    def cdll(path):
+        opened.append(os.path.basename(path))
+        raise OSError(f"{path}: cannot open shared object file")  # as a build without MKL
+    monkeypatch.setattr(sys, 'platform', platform)
+    monkeypatch.setattr(ctypes, 'CDLL', cdll)
+    assert threads.gemms_reproducible_across_thread_counts() is False and opened == [library]
