@@ -6,6 +6,7 @@ run goes through a real process, end to end.
 """
 import io
 import json
+import math
 import os
 import re
 import struct
@@ -19,6 +20,8 @@ import torch
 from PIL import Image
 
 from support import cli
+from support.metrics import calibration
+from common import released_locks
 from helpers import plots, plots_predict
 import predict
 from data import TEXT_LABELS
@@ -53,8 +56,10 @@ def converted(photos):
 
 
 def run(argv, capsys):
-    """predict.py's main through cli.run, as the command line runs it: (exit code, stdout, stderr)."""
-    code = cli.run(predict.main, argv)
+    """predict.py's main through cli.run, as the command line runs it, its --out lock released at the end as
+    a process's is: (exit code, stdout, stderr)."""
+    with released_locks():
+        code = cli.run(predict.main, argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -65,15 +70,34 @@ def no_temporary_files(folder):
 
 @pytest.fixture
 def drawn(monkeypatch):
-    """predict.png as a blank 1x1-inch figure: what predict.py asks to draw is kept here; drawing the real
-    one takes a second (the process run and test_the_figure_* draw it)."""
+    """predict.png (and --labelled's two figures) as blank 1x1-inch figures: what predict.py asks to draw in
+    predict.png is kept here; drawing the real ones takes seconds (the process run, test_the_figure_* and
+    test_labelled_prints_* draw them)."""
     calls = []
 
     def plot_predict(entries, **kwargs):
         calls.append((entries, kwargs))
         return plots.new_figure(1, 1)
     monkeypatch.setattr(plots_predict, 'plot_predict', plot_predict)
+    for name in ('plot_labelled_confusion', 'plot_labelled_confidence'):
+        monkeypatch.setattr(plots_predict, name, lambda *args: plots.new_figure(1, 1))
     return calls
+
+
+def strict_json(text):
+    """json.loads that refuses NaN and Infinity (Python's accepts them; they are not JSON)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def save_item(fashion_mnist, index, path, pixels=None):
+    """Test item `index` as a 28x28 grayscale PNG, the data set's own form (used as it is: quick to read)."""
+    item = fashion_mnist[2][index].reshape(28, 28).numpy().copy()
+    for (row, column), value in (pixels or {}).items():
+        item[row, column] = value
+    Image.fromarray(item).save(path)
+    return str(path)
 
 
 # ----------------------------------------------------------------------------- the command, end to end
@@ -106,7 +130,7 @@ def test_the_command_as_a_process_prints_json_and_draws_the_figure(processes, ch
     code, out, err, paths, folder = processes['json']
     assert code == 2  # one image failed
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {paths[-1]}: "), err
-    results = json.loads(out)  # only the JSON on stdout, valid with a failed image
+    results = strict_json(out)  # only the JSON on stdout, valid with a failed image
     assert [result['image'] for result in results] == paths[:-1]
     for result in results:
         assert list(result) == ['image', 'predicted', 'unsure', 'probabilities']
@@ -220,7 +244,7 @@ def test_each_bad_file_is_one_line_and_the_others_are_still_predicted(as_json, c
     for line, (path, reason) in zip(lines, bad.items()):
         assert line.startswith(f"error: {path}: ") and reason in line, line
     if as_json:
-        assert [result['image'] for result in json.loads(out)] == [good, good]
+        assert [result['image'] for result in strict_json(out)] == [good, good]
     else:
         assert [line.split(': ')[0] for line in out.splitlines()] == [good, good]
     assert (tmp_path / 'out' / 'predict.png').exists()
@@ -231,7 +255,7 @@ def test_each_bad_file_is_one_line_and_the_others_are_still_predicted(as_json, c
 def test_nothing_readable_is_exit_2_and_no_figure(checkpoints, tmp_path, capsys, drawn):
     code, out, err = run([str(tmp_path / 'missing.png'), '--json', '--model', checkpoints['textbook'],
                           '--out', str(tmp_path / 'out')], capsys)
-    assert (code, json.loads(out)) == (2, [])
+    assert (code, strict_json(out)) == (2, [])
     assert err == f"error: {tmp_path / 'missing.png'}: no such file\n"
     assert not (tmp_path / 'out' / 'predict.png').exists()
 
@@ -320,28 +344,101 @@ def test_unsure_marks_follow_the_checkpoints_threshold(checkpoints, photos, conv
     code, out, err = run([*photos[0], '--json', '--model', checkpoints['tuned'], '--out', str(tmp_path)], capsys)
     assert (code, err) == (0, '')
     confidence = predict.probabilities(load(checkpoints['tuned']), converted).max(dim=1).values
-    assert [result['unsure'] for result in json.loads(out)] == (confidence < threshold).tolist()
+    assert [result['unsure'] for result in strict_json(out)] == (confidence < threshold).tolist()
     code, out, err = run([*photos[0], '--model', checkpoints['tuned'], '--out', str(tmp_path)], capsys)
     assert [line.endswith(' (unsure)') for line in out.splitlines()] == (confidence < threshold).tolist()
 
 
-def test_a_checkpoint_without_a_threshold_marks_nothing_and_says_so_once(checkpoints, photos, tmp_path, capsys,
-                                                                        drawn):
+@pytest.fixture(scope='module')
+def never_sure(checkpoints, fashion_mnist, tmp_path_factory):
+    """A model.pt as train.py writes it at the end of a run, whose calibration holds threshold null: the
+    textbook model with its logits multiplied by 100, so sure of every answer that no confidence brings its
+    test-set answers to 95% (as `train.py --lr 10 --epochs 1` does)."""
     checkpoint = torch.load(checkpoints['textbook'], weights_only=True)
-    del checkpoint['calibration']  # a model.pt from before train.py kept it, or an interrupted run's
+    checkpoint['model'] = {name: tensor * 100 for name, tensor in checkpoint['model'].items()}
+    model = load(checkpoints['textbook'])
+    with torch.no_grad():
+        model.W.mul_(100)
+        model.b.mul_(100)
+    measured = calibration(predict.probabilities(model, fashion_mnist[2]), fashion_mnist[3])
+    measured.pop('coverage_curve')  # as train.py's wrap-up keeps it
+    assert measured['threshold'] is None and measured['accuracy'] > 0.7  # a fair model, overconfident
+    checkpoint['calibration'] = measured
+    path = tmp_path_factory.mktemp('never-sure') / 'model.pt'
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def test_a_model_never_sure_marks_every_answer_unsure_and_says_why(never_sure, fashion_mnist, tmp_path, capsys,
+                                                                  drawn):
+    paths = [save_item(fashion_mnist, index, tmp_path / f"item{index}.png") for index in range(4)]
+    code, out, err = run([*paths, '--model', never_sure, '--out', str(tmp_path)], capsys)
+    assert code == 0 and len(out.splitlines()) == 4
+    assert all(line.endswith(' (unsure)') for line in out.splitlines()), out
+    assert err.count('\n') == 1 and 'no confidence threshold gives this model 95% accuracy' in err
+    assert 'every prediction is marked unsure' in err and 'interrupted' not in err, err
+    code, out, err = run([*paths, '--json', '--model', never_sure, '--out', str(tmp_path)], capsys)
+    assert [result['unsure'] for result in strict_json(out)] == [True] * 4
+    assert all(entry['unsure'] is True for entry in drawn[-1][0])  # the figure greys every bar
+
+
+@pytest.mark.parametrize('calibration_kept', ['none', 'nan', 'text'])
+def test_a_checkpoint_without_a_usable_threshold_marks_nothing_and_says_so_once(calibration_kept, checkpoints,
+                                                                               fashion_mnist, tmp_path, capsys,
+                                                                               drawn):
+    checkpoint = torch.load(checkpoints['textbook'], weights_only=True)
+    if calibration_kept == 'none':
+        del checkpoint['calibration']  # a model.pt saved during a run, as train.py saves each epoch's
+    else:
+        checkpoint['calibration']['threshold'] = float('nan') if calibration_kept == 'nan' else '0.7'
     torch.save(checkpoint, tmp_path / 'old.pt')
-    code, out, err = run([*photos[0][:3], '--json', '--model', str(tmp_path / 'old.pt'), '--out', str(tmp_path)],
+    items = [save_item(fashion_mnist, index, tmp_path / f"item{index}.png") for index in range(3)]
+    code, out, err = run([*items, '--json', '--model', str(tmp_path / 'old.pt'), '--out', str(tmp_path)],
                          capsys)
-    assert code == 0 and [result['unsure'] for result in json.loads(out)] == [None] * 3
-    assert err.count('\n') == 1 and 'no unsure threshold' in err and 'no prediction is marked unsure' in err
+    assert code == 0 and [result['unsure'] for result in strict_json(out)] == [None] * 3
+    assert err.count('\n') == 1 and 'no prediction is marked unsure' in err, err
+    assert ('saved during a run' in err) == (calibration_kept == 'none') and 'interrupted' not in err
+
+
+def test_outputs_that_are_not_finite_are_no_prediction_and_never_nan(checkpoints, fashion_mnist, tmp_path,
+                                                                     monkeypatch, capsys, drawn):
+    """Weights finite but so large that an image's logits overflow (model.pt's loader refuses them; were one
+    to pass): that image is one error line, never a NaN in the JSON nor a sure answer."""
+    loader = predict.load_checkpoint
+
+    def overflowing(path):
+        model, checkpoint = loader(path)
+        with torch.no_grad():  # two centre pixels weigh 3e38 for two classes: both logits +inf when they are lit
+            model.W[[14 * 28 + 13, 14 * 28 + 14], :2] = 3e38
+        return model, checkpoint
+    monkeypatch.setattr(predict, 'load_checkpoint', overflowing)
+    (tmp_path / 'labelled' / 'sneaker').mkdir(parents=True)
+    lit = save_item(fashion_mnist, 9, tmp_path / 'labelled' / 'sneaker' / 'lit.png', {(14, 13): 255, (14, 14): 255})
+    dark = save_item(fashion_mnist, 9, tmp_path / 'labelled' / 'sneaker' / 'dark.png', {(14, 13): 0, (14, 14): 0})
+    code, out, err = run([lit, dark, '--json', '--model', checkpoints['tuned'], '--out', str(tmp_path)], capsys)
+    assert code == 2 and err == f"error: {lit}: the model's output for it is not finite (nan or inf): its weights " \
+                                f"overflow on this image\n"
+    assert [result['image'] for result in strict_json(out)] == [dark]
+    code, out, err = run(['--labelled', str(tmp_path / 'labelled'), '--json', '--model', checkpoints['tuned'],
+                          '--out', str(tmp_path)], capsys)
+    report = strict_json(out)
+    assert code == 2 and err.count('\n') == 1
+    assert (report['n'], report['failed'], report['unsure'] + report['sure']) == (2, 1, 1)
+    failed, = [image for image in report['images'] if image['image'] == lit]
+    assert failed['unsure'] is None and failed['right'] is False and 'probabilities' not in failed
+    assert [predict.is_unsure(float('nan'), threshold) for threshold in (0.7, math.inf, None)] == [True, True, None]
 
 
 # ----------------------------------------------------------------------------- --labelled
 
-def test_folder_names_map_to_classes():
+def test_folder_names_map_to_classes_singular_and_plural():
     assert predict.classes_of('pants') == ['trouser'] and predict.classes_of('Ankle_Boots') == ['ankle boot']
     assert predict.classes_of('T-Shirt') == ['t-shirt'] and predict.classes_of('dresses') == ['dress']
     assert predict.classes_of('shoes') == ['sneaker', 'sandal', 'ankle boot']
+    for singular in ('shoe', 'pant', 'jean', 'Sneaker', 'Ankle boot', 'dress', 'tee', 'hoodie', 'jacket', 'bag'):
+        plural = singular + ('es' if singular.endswith('s') else 's')
+        assert predict.classes_of(singular) is not None and predict.classes_of(singular) == predict.classes_of(plural)
+    assert predict.classes_of('JEAN') == predict.classes_of('Pant') == ['trouser']
     assert predict.classes_of('longsleeve') == ['pullover', 'shirt', 't-shirt']
     assert [predict.classes_of(name) for name in ('hat', 'shorts', 'skirt')] == [None] * 3
 
@@ -371,20 +468,22 @@ def test_labelled_json_reports_the_accuracy_of_its_own_predictions(checkpoints, 
     code, out, err = run(['--labelled', str(folder), '--json', '--model', checkpoints['tuned'], '--out',
                           str(tmp_path)], capsys)
     assert code == 2 and err == f"error: {folder / 'T-Shirt' / 'broken.jpg'}: not an image file Pillow can read\n"
-    report = json.loads(out)
+    report = strict_json(out)
     images = report['images']
     assert report['n'] == len(images) == 6 + 6 + 6  # the broken file counted, as wrong; hat/ left out
-    assert report['left_out'] == {'hat': 2}
+    assert report['left_out'] == {'hat': 2} and report['failed'] == 1
+    assert report['unsure'] + report['sure'] + report['failed'] == report['n']
     assert {image['label'] for image in images} == {'trouser', 'shoes', 'T-Shirt'}
     right = [image['predicted'] in predict.classes_of(image['label']) for image in images]
     assert [image['right'] for image in images] == right
     assert report['accuracy'] == pytest.approx(sum(right) / len(images))
     assert report['accuracy'] >= 0.6  # photos of test items on white: the model's own kind of picture
-    # the same photos one by one: the same predictions
-    code, out, err = run([image['image'] for image in images if 'error' not in image] + ['--json', '--model',
-                         checkpoints['tuned'], '--out', str(tmp_path)], capsys)
-    assert [result['predicted'] for result in json.loads(out)] == [image['predicted'] for image in images
-                                                                    if 'error' not in image]
+    # a photo of each folder on its own: the same prediction
+    some = [next(image for image in images if image['label'] == name and 'error' not in image)
+            for name in ('trouser', 'shoes', 'T-Shirt')]
+    code, out, err = run([image['image'] for image in some] + ['--json', '--model', checkpoints['tuned'], '--out',
+                                                              str(tmp_path)], capsys)
+    assert [result['predicted'] for result in strict_json(out)] == [image['predicted'] for image in some]
 
 
 def test_labelled_prints_the_accuracy_and_draws_its_figures(checkpoints, labelled, tmp_path, capsys):
@@ -396,10 +495,100 @@ def test_labelled_prints_the_accuracy_and_draws_its_figures(checkpoints, labelle
     assert sum(' - labelled ' in line for line in lines) == 17
     accuracy = re.search(r'^accuracy (\d\.\d{3}): (\d+) of 18 photos', out, re.M)
     assert accuracy and float(accuracy.group(1)) == round(int(accuracy.group(2)) / 18, 3)
-    assert re.search(r'^unsure \(confidence below 0\.\d{3}.*: \d+ of 18', out, re.M)
+    counts = re.search(r'^unsure \(confidence below 0\.\d{3}, .*\): (\d+) of 18; the (\d+) sure ones: 0\.\d{3} right; '
+                       r'(\d+) could not be predicted$', out, re.M)
+    assert counts and sum(map(int, counts.groups())) == 18 and counts.group(3) == '1', out
     assert 'left out, no Fashion-MNIST counterpart: hat/ (2 files)' in out
     for name in ('predict.png', 'labelled-confusion.png', 'labelled-confidence.png'):
         assert (tmp_path / name).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture(scope='module')
+def tree(fashion_mnist, tmp_path_factory):
+    """A --labelled folder as a user's may be: photos in sub-folders of a class folder, a link loop
+    (sneaker/loop -> ..), an empty class folder, a second link to a class folder, a link to photos elsewhere
+    (with a link back), a hidden folder, a broken photo, a left-out folder with a sub-folder, a folder whose
+    name holds a newline, singular names (shoe, pant). The photos are test items in the data set's own form
+    (quick to read). -> (folder, photo paths)."""
+    folder, elsewhere = tmp_path_factory.mktemp('tree'), tmp_path_factory.mktemp('elsewhere')
+    labels = fashion_mnist[3].numpy()
+    first = {name: [int(k) for k in np.flatnonzero(labels == TEXT_LABELS.index(name))[:3]] for name in TEXT_LABELS}
+    layout = {'sneaker/a.png': first['sneaker'][0], 'sneaker/sub/b.png': first['sneaker'][1],
+              'sneaker/sub/deeper/c.png': first['sneaker'][2], 'sneaker/.hidden/d.png': first['sneaker'][0],
+              'shoe/a.png': first['sandal'][0], 'pant/a.png': first['trouser'][0], 'dress/a.png': first['dress'][0],
+              'hat/a.png': first['bag'][0], 'hat/more/b.png': first['bag'][1], 'odd\nname/a.png': first['coat'][0]}
+    photos = []
+    for name, index in layout.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        path = save_item(fashion_mnist, index, folder / name)
+        if name.split('/')[0] in ('sneaker', 'shoe', 'pant', 'dress') and '.hidden' not in name:
+            photos.append(path)
+    (folder / 'dress' / 'broken.png').write_bytes(b'not a png')
+    photos.append(str(folder / 'dress' / 'broken.png'))
+    (folder / 'coat').mkdir()
+    (folder / 'coat' / '.DS_Store').write_bytes(b'')
+    os.symlink('..', folder / 'sneaker' / 'loop')
+    os.symlink('pant', folder / 'pants')  # the same folder twice: read once
+    os.symlink(folder / 'sneaker' / 'sub', folder / 'dress' / 'sneakers')  # read before sneaker/: still sneakers
+    save_item(fashion_mnist, first['ankle boot'][0], elsewhere / 'boot.png')
+    os.symlink(elsewhere, folder / 'shoe' / 'more')  # photos elsewhere: shoes
+    os.symlink(folder, elsewhere / 'back')  # and from there, a loop
+    photos.append(str(folder / 'shoe' / 'more' / 'boot.png'))  # as reached through the link
+    return folder, sorted(photos)
+
+
+@pytest.mark.parametrize('as_json', [False, True], ids=['text', 'json'])
+def test_labelled_photos_are_files_in_any_sub_folder_and_every_folder_is_accounted_for(as_json, tree, checkpoints,
+                                                                                        tmp_path, capsys, drawn):
+    folder, photos = tree
+    code, out, err = run(['--labelled', str(folder), '--model', checkpoints['tuned'], '--out', str(tmp_path)]
+                         + ['--json'] * as_json, capsys)
+    assert code == 2 and err == f"error: {folder / 'dress' / 'broken.png'}: not an image file Pillow can read\n"
+    n, failed = len(photos), 1  # 3 sneakers, 2 shoes (one elsewhere), 1 pant, 2 dress (one broken)
+    if as_json:
+        report = strict_json(out)
+        assert sorted(image['image'] for image in report['images']) == photos
+        assert (report['n'], report['failed']) == (n, failed)
+        assert {name: entry['n'] for name, entry in report['folders'].items()} == \
+            {'dress': 2, 'pant': 1, 'shoe': 2, 'sneaker': 3}
+        assert report['folders']['shoe']['classes'] == ['sneaker', 'sandal', 'ankle boot']
+        assert report['folders']['pant']['classes'] == ['trouser']
+        assert report['empty'] == ['coat'] and report['left_out'] == {'hat': 2, 'odd\nname': 1}
+        assert sorted(report['skipped']) == ['dress/sneakers', 'pants', 'shoe/more/back', 'sneaker/loop']
+        assert report['unsure'] + report['sure'] + report['failed'] == n
+        assert report['right'] == sum(image['right'] for image in report['images'])
+    else:
+        lines = out.splitlines()
+        assert sum(' - labelled ' in line for line in lines) == n - failed
+        assert re.search(rf'^accuracy \d\.\d{{3}}: \d+ of {n} photos', out, re.M)
+        unsure, sure, not_predicted = map(int, re.search(
+            r'^unsure \(.*\): (\d+) of \d+; (?:the (\d+) sure ones: \d\.\d{3} right|none sure); '
+            r'(\d+) could not be predicted$', out, re.M).groups(default='0'))
+        assert unsure + sure + not_predicted == n and not_predicted == failed
+        assert 'empty class folders, no photo in them: coat/' in lines
+        assert 'left out, no Fashion-MNIST counterpart: hat/ (2 files), odd\\nname/ (1 file)' in lines
+        assert 'links not followed (what they lead to is read where it is): dress/sneakers/, pants/, ' \
+               'shoe/more/back/, sneaker/loop/' in lines
+        assert len(lines) == n - failed + 6  # every line one line: the newline in a name is shown escaped
+
+
+def test_a_labelled_folder_whose_name_holds_a_newline_stays_one_line(checkpoints, fashion_mnist, tmp_path, capsys,
+                                                                     drawn):
+    folder = tmp_path / 'two\nlines'
+    (folder / 'jean').mkdir(parents=True)
+    (folder / 'cap').mkdir()
+    save_item(fashion_mnist, 2, folder / 'jean' / 'one\npair.png')  # test item 2 is a pair of trousers
+    code, out, err = run(['--labelled', str(folder), '--model', checkpoints['tuned'], '--out', str(tmp_path)], capsys)
+    assert (code, err) == (0, '') and '\\n' in out
+    assert len(out.splitlines()) == 5  # the photo, accuracy, unsure, per folder, left out
+    assert out.splitlines()[0].startswith(f"{predict.shown(str(folder / 'jean' / 'one'))}\\npair.png: trouser ")
+    (folder / 'jean' / 'one\npair.png').unlink()
+    for where, fragments in ((folder, ['two\\nlines: no photos in a folder named by a class',
+                                       'empty: jean/; left out: cap/']),
+                             (tmp_path / 'no\nsuch', ['no\\nsuch: no such folder'])):
+        code, out, err = run(['--labelled', str(where), '--model', checkpoints['tuned'], '--out', str(tmp_path)],
+                             capsys)
+        assert (code, out) == (2, '') and err.count('\n') == 1 and all(part in err for part in fragments), err
 
 
 @pytest.mark.parametrize('argv, fragment', [
