@@ -26,8 +26,6 @@ if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from he
 import torch  # noqa: E402  (after cli.start(), on purpose)
 from torch import nn  # noqa: E402
 
-from support.cross_entropy_arguments import check_arguments, check_index_range  # noqa: E402
-
 # ----------------------------------------------------------------------------- softmax
 
 
@@ -158,16 +156,16 @@ LOSSES = {
 
 # ----------------------------------------------------------------------------- F.cross_entropy, every option
 # Not needed to follow the chapter: the same loss with every shape and option of torch's, checked against it.
+from support.cross_entropy_plumbing import as_batch, check_arguments, check_index_range, in_torch_order  # noqa: E402,E501
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class _ClosedForm(torch.autograd.Function):
-    """The training case: l and g = softmax(o) - onehot(y) both from cross_entropy_with_grad, so backward
-    only scales g. Classes along dim 1 of input (n, q, d1, ..., dK); target (n, d1, ..., dK) int64.
-
-    Under backward(create_graph=True) g is recomputed in differentiable ops, so the second derivative
-    diag(p) - p p^T is right; jvp: dl = sum_j g_j do_j. A forward taking ctx (no setup_context) keeps apply
-    cheap (no inspect.signature per call, ~20 us); torch.func needs setup_context: it takes _composite.
-    """
+    """The training case: l and g = softmax(o) - onehot(y) from cross_entropy_with_grad; backward only scales g.
+    Input (n, q, d1, ..., dK), target (n, d1, ..., dK) int64. Under backward(create_graph=True) g is rebuilt in
+    differentiable ops (second derivative diag(p) - p p^T); jvp: dl = sum_j g_j do_j. forward(ctx, ...), not
+    setup_context, keeps apply cheap (~20 us a call); torch.func, which needs setup_context, takes _composite."""
 
     @staticmethod
     def forward(ctx, input, target, reduction):
@@ -248,22 +246,20 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean
         positions; probability targets: over N d1 ... dK).
     label_smoothing eps: the target becomes (1 - eps) y + eps / C, weighted per class by w.
     The gradient is (sum_k q_k) softmax(o) - q: softmax(o) - y in the training case, in closed form.
+    float16/bfloat16 on the CPU: torch's very numbers, rounded where its kernels round (in_torch_order); under
+    torch.func or off the CPU they take the float path: close (a few units in the last place), not bit for bit.
     Differentiable twice and under torch.func, as torch's; every argument checked by torch's rules.
     """
     is_probability, ignore_index, label_smoothing = check_arguments(
         input, target, weight, ignore_index, reduction, label_smoothing)
-    unbatched = input.dim() == 1
-    if unbatched:  # one example as a batch of one: (1, C) logits, (1,) index or (1, C) probabilities
-        input = input.unsqueeze(0)
-        if is_probability or target.dim() == 0:
-            target = target.unsqueeze(0)
-    if not is_probability and target.dtype == torch.uint8:
-        target = target.long()  # torch takes Byte class indices too
+    input, target, unbatched = as_batch(input, target, is_probability)  # (C,) logits as (1, C)
     C, loss = input.shape[1], None
     # The target's range is not checked up front (~18 us per call, and no data-dependent check runs under
     # vmap): each path's gather bounds-checks on CPU, and only then do we look closer.
     try:
-        if (not is_probability and weight is None and label_smoothing == 0 and input.is_cpu
+        if input.dtype in _HALF and input.is_cpu and not torch._C._are_functorch_transforms_active():
+            loss = in_torch_order(input, target, weight, ignore_index, reduction, label_smoothing, is_probability)
+        elif (not is_probability and weight is None and label_smoothing == 0 and input.is_cpu
                 and not 0 <= ignore_index < C and not torch._C._are_functorch_transforms_active()):
             try:  # the training case; a target equal to ignore_index (e.g. -100) fails the gather too
                 loss = _ClosedForm.apply(input, target, reduction)

@@ -10,4 +10,5 @@ Nothing here imports the chapter's files (data, model, losses, train) or helpers
     threads.py              how many CPU threads the step loop uses, and the environment torch loads with
     steps.py                the step loop's one hook: Ctrl-C, the thread choice, the progress bar
     metrics.py              calibration: how far the softmax's confidence can be trusted
+    cross_entropy_plumbing.py  losses.cross_entropy's argument checks by torch's rules, and its float16 path
 """
