@@ -35,16 +35,20 @@ if __name__ == '__main__':  # before anything slow: Ctrl-C or kill from here on 
     cli.start()
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 
-from helpers.bench_children import ChildFailed, Children, busy_neighbour, peak_rss_mb, whole_pair
+from helpers.bench_children import (ChildFailed, Children, book_loader, busy_neighbour, peak_rss_mb, quiet_worker,
+                                    whole_pair, work_folder, worker_batches)
 from helpers.bench_report import ROUNDS, printout, summarize
+
+if __name__ == '__mp_main__':  # the book's DataLoader worker, spawned (Windows, macOS): not a run of its own
+    quiet_worker()
 
 # Nothing here imports torch, nor support.threads, at module level (the first import of an entry point
 # elsewhere): the parent only starts processes and reads their results, so a bad flag costs no torch
@@ -78,7 +82,6 @@ def book_pipeline(epochs, data_dir, work_dir, device, max_batches=None):
     import torch
     import torchvision
     from torch import nn
-    from torch.utils import data as torch_data
     from torchvision import transforms
 
     import data
@@ -90,21 +93,23 @@ def book_pipeline(epochs, data_dir, work_dir, device, max_batches=None):
     nn.init.normal_(net[1].weight, std=0.01)
     loss = nn.CrossEntropyLoss()
     trainer = torch.optim.SGD(net.parameters(), lr=0.1)
-    train_iter = torch_data.DataLoader(train_set, batch_size=256, shuffle=True, num_workers=4)
-    test_iter = torch_data.DataLoader(test_set, batch_size=256, shuffle=False, num_workers=4)
+    # DataLoader(..., num_workers=4), whose workers also work spawned; worker_batches starts and stops them
+    train_iter = book_loader(train_set, batch_size=256, shuffle=True)
+    test_iter = book_loader(test_set, batch_size=256, shuffle=False)
     sync = synchronizer(device)
     seconds, accuracy = [], None
     for _ in range(epochs):
         start = time.perf_counter()
-        for X, y in itertools.islice(train_iter, max_batches):
-            X, y = X.to(device), y.to(device)
-            l = loss(net(X), y)
-            trainer.zero_grad()
-            l.backward()
-            trainer.step()
+        with contextlib.closing(worker_batches(train_iter)) as batches:
+            for X, y in itertools.islice(batches, max_batches):
+                X, y = X.to(device), y.to(device)
+                l = loss(net(X), y)
+                trainer.zero_grad()
+                l.backward()
+                trainer.step()
         correct = seen = 0
-        with torch.no_grad():
-            for X, y in itertools.islice(test_iter, max_batches):
+        with torch.no_grad(), contextlib.closing(worker_batches(test_iter)) as batches:
+            for X, y in itertools.islice(batches, max_batches):
                 correct += int((net(X.to(device)).argmax(1) == y.to(device)).sum())
                 seen += y.shape[0]
         sync()
@@ -118,7 +123,9 @@ def our_pipeline(train, epochs, datasets, device):
     import torch
     config = train.Config(epochs=epochs, device=str(device), out='unused')
     model = train.new_model(config, torch.device(device))
-    history = train.train(config, model, datasets, torch.device(device), log=lambda line: None)
+    history = []
+    for history, _ in train.train(config, model, datasets, torch.device(device)):
+        pass
     return dict(seconds=[row['seconds'] for row in history], test_acc=history[-1]['test_acc'],
                 threads_by_epoch=[row.get('threads') for row in history])
 
@@ -362,6 +369,7 @@ def spec_argument(text):
 
 def build_parser():
     parser = cli.ArgumentParser(
+        prog='bench.py',
         description="Time train.py against the book's pipeline and the floor (gather + GEMMs), idle and "
                     "beside a busy process, in one run.",
         epilog="Exit codes: 0 done, 1 something broke, 2 bad input, 130 interrupted.")
@@ -399,7 +407,7 @@ def main(argv=None):
     children = work_dir = None
     try:
         with cli.signals_deferred():  # the folder is known to the cleanup below before a Ctrl-C acts
-            work_dir = tempfile.mkdtemp(prefix='bench-')
+            work_dir = work_folder('bench-')
             children = Children(work_dir)
         report = summarize(*measure(args, children), args.device, args.whole_epochs,
                            ' '.join(['python', 'bench.py'] + sys.argv[1:]))

@@ -9,7 +9,7 @@
   3.5.1  does a smaller batch slow reading? the book's reader against data.py's resident tensors
   3.5.2  where the book's reader spends its time, and what this project did about it
   3.6.5  softmax regression with q = 10 ... 100,000 classes (next-word prediction): time, memory, float16
-Exit codes: 0 done, 2 bad input (an unknown exercise, an output folder that cannot be written), 130 interrupted.
+Exit codes: 0 done, 2 bad input (an unknown exercise, a folder that cannot be written), 130 interrupted.
 """
 import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
 from support import cli
@@ -17,15 +17,20 @@ from support import cli
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
 
+from helpers.bench_children import book_loader, quiet_worker, work_folder, worker_batches  # no torch
+
+if __name__ == '__mp_main__':  # a DataLoader worker of 3.5.1, spawned (Windows, macOS): not a run of its own
+    quiet_worker()
+
+import contextlib
 import fractions
 import functools
 import itertools
 import math
 import os
+import shutil
 import sys
-import tempfile
 import time
-
 import warnings
 
 import torch
@@ -197,10 +202,25 @@ def epoch_seconds(batches, batch_size, max_batches=None, burst=1, total=data.SPL
     epoch_batches = math.ceil(total / batch_size)
     if seen >= total:
         return arrivals[-1]
-    if len(arrivals) == 1:
-        return startup + (arrivals[0] - startup) * total / seen
+    if len(arrivals) == 1:  # spawned workers start slowly and unevenly: `startup` may exceed this start-up
+        return startup + max(arrivals[0] - startup, 0.0) * total / seen
     burst = min(burst, len(arrivals) - 1)
     return arrivals[burst - 1] + (arrivals[-1] - arrivals[burst - 1]) * (epoch_batches - burst) / (len(arrivals) - burst)
+
+
+@contextlib.contextmanager
+def torchvision_copy():
+    """The root of data.torchvision_root's copy of the data for the book's reader (3.5.1, 3.5.2), in a temporary
+    folder removed however the exercise ends; one that cannot be made or filled is cli.OutputError."""
+    work = None
+    try:
+        with cli.signals_deferred():  # the folder is known to the clean-up below before a Ctrl-C acts
+            work = work_folder('exercises-')
+        yield data.torchvision_root(data.find_data_dir(), work)
+    finally:
+        if work is not None:
+            with cli.signals_deferred():
+                shutil.rmtree(work, ignore_errors=True)
 
 
 def reading_times(images, labels, root, batch_sizes=BATCH_SIZES, book_batches=BOOK_BATCHES, num_workers=4,
@@ -219,15 +239,18 @@ def reading_times(images, labels, root, batch_sizes=BATCH_SIZES, book_batches=BO
         for size in batch_sizes:
             if size >= len(images):  # one batch of a subset, scaled
                 subset_set = torch_data.Subset(dataset, torch.randperm(len(dataset), generator=generator)[:subset])
-                loader = torch_data.DataLoader(subset_set, batch_size=subset, shuffle=True, num_workers=num_workers)
-                book = epoch_seconds(loader, size, total=len(images), startup=startup or 0.0)
+                loader = book_loader(subset_set, subset, True, num_workers)
+                with contextlib.closing(worker_batches(loader)) as batches:
+                    book = epoch_seconds(batches, size, total=len(images), startup=startup or 0.0)
             else:
-                loader = torch_data.DataLoader(dataset, batch_size=size, shuffle=True, num_workers=num_workers)
+                loader = book_loader(dataset, size, True, num_workers)
                 if startup is None:  # start-up and one batch of the smallest size, for the subset below
                     start = time.perf_counter()
-                    next(iter(loader))
-                    startup = time.perf_counter() - start
-                book = epoch_seconds(loader, size, book_batches.get(size, 1), max(num_workers, 1), len(images))
+                    with contextlib.closing(worker_batches(loader)) as batches:
+                        next(batches)
+                        startup = time.perf_counter() - start
+                with contextlib.closing(worker_batches(loader)) as batches:
+                    book = epoch_seconds(batches, size, book_batches.get(size, 1), max(num_workers, 1), len(images))
             resident = epoch_seconds(data.batches(images, labels, size, generator), size,
                                      6000 if size == 1 else None, total=len(images))
             rows.append(dict(batch_size=size, book=book, resident=resident))
@@ -239,8 +262,8 @@ def reading_times(images, labels, root, batch_sizes=BATCH_SIZES, book_batches=BO
 def exercise_3_5_1(out, loaded=None):
     from helpers import plots, plots_exercises
     images, labels = (loaded or fashion_mnist())[:2]
-    with tempfile.TemporaryDirectory() as work:
-        rows = reading_times(images, labels, data.torchvision_root(data.find_data_dir(), work))
+    with torchvision_copy() as root:
+        rows = reading_times(images, labels, root)
     print("  seconds to read the 60,000 training images once (batch sizes 1-1024 of the book's reader: a fixed "
           "number of batches, scaled; 60000: one batch of 6,000, x10; data.py's batch 1: 6,000 batches, x10)")
     print(f"  {'batch size':>10}{'book':>10}{'data.py':>10}{'book / data.py':>16}")
@@ -291,8 +314,8 @@ def reader_costs(images, root, count=2000, batch_size=256):
 
 def exercise_3_5_2(out, loaded=None):
     images = (loaded or fashion_mnist())[0]
-    with tempfile.TemporaryDirectory() as work:
-        costs = reader_costs(images, data.torchvision_root(data.find_data_dir(), work))
+    with torchvision_copy() as root:
+        costs = reader_costs(images, root)
     epoch = data.SPLITS['train'][2] / 1e6  # microseconds per image -> seconds per epoch
     print("  where the book's reader spends its time, per image (one process; an epoch is 60,000 images):")
     for name, key in (("PIL image from the uint8 array (FashionMNIST.__getitem__)", 'pil'),
@@ -333,7 +356,7 @@ def step_costs(class_counts=CLASS_COUNTS, d=128, n=256, steps=4, lr=0.1):
             start = time.perf_counter()
             with torch.no_grad():
                 O = model(X)
-                grads = train.closed_form_gradients(model, X, O, y)
+                _, grads = train.closed_form_gradients(model, X, O, y)
             train.sgd_update(params, grads, velocities, lr)
             times.append(time.perf_counter() - start)
         torch.set_num_threads(threads)

@@ -1,26 +1,91 @@
-"""bench.py's processes: each measurement in a child of its own, the busy neighbour, and their cleanup.
+"""bench.py's processes: each measurement in a child of its own, the busy neighbour, and their cleanup; and the
+book's DataLoader workers (bench.py's and exercises.py's), started and stopped so that an interruption is
+one clean exit.
 
-This module never imports torch nor support.threads: bench.py's parent process imports it, and the
-book's child must inherit the environment the user gave bench.py, not the one train.py sets.
+Importing this module imports neither torch nor support.threads (only book_loader, when called, imports
+torch): bench.py's parent process imports it, and the book's child must inherit the environment the user
+gave bench.py, not the one train.py sets.
 """
 import contextlib
 import ctypes
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 from support import cli
+
+try:
+    import resource  # POSIX: the peak memory of this process and of its children
+except ImportError:  # Windows: peak memory is reported as unknown
+    resource = None
 
 
 class ChildFailed(Exception):
     """A child process failed for a reason other than bad input; the message is the one line to print."""
 
 
+# ----------------------------------------------------------------------------- the book's DataLoader workers
+
+def quiet_worker(worker_id=None):
+    """The book's DataLoader workers' worker_init_fn, also run first thing by a spawned worker (Windows' and
+    macOS' start method), which imports the script as __mp_main__. A stop signal sent to the whole process
+    group (Ctrl-C at a terminal or a console) is the parent's to act on, and it shuts its workers down
+    (worker_batches): Ctrl-C and hang-up are ignored here. Kill ends a worker at once, quietly, with exit 0:
+    torch's parent then sees a worker that finished, not one that failed and must be reported (torch's own
+    handler does so only for a kill from the parent)."""
+    for name in ('SIGINT', 'SIGHUP', 'SIGBREAK'):  # whichever this platform has
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _leave)
+
+
+def _leave(signum, frame):
+    os._exit(0)
+
+
+def book_loader(dataset, batch_size, shuffle, num_workers=4, context=None):
+    """The book's reader, DataLoader(dataset, batch_size, shuffle, num_workers=4) (d2l 3.5.3), for bench.py's
+    book pipeline and exercises.py's 3.5.1. Its workers run module-level code only (quiet_worker) and get
+    the dataset by pickling, so that they also work spawned (Windows' and macOS' start method: a fresh
+    interpreter that imports the script as __mp_main__, where nothing runs its main); `context` picks the
+    start method, the platform's own by default (tests/test_exercises.py forces 'spawn')."""
+    from torch.utils import data as torch_data
+    workers = dict(worker_init_fn=quiet_worker, multiprocessing_context=context) if num_workers else {}
+    return torch_data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                                 **workers)
+
+
+def worker_batches(loader):
+    """Iterate over the batches of `loader` (a torch DataLoader), as `for batch in loader` does, but with
+    its worker processes started and shut down while stop signals are deferred (cli.signals_deferred):
+    a Ctrl-C or kill never lands half-way through their start (at-fork hooks, a half-built iterator whose
+    clean-up then fails) or their shutdown (torch's __del__, where Python would swallow it); it is acted on
+    as soon as that is done. Iterating is not deferred: a worker that hangs can still be interrupted.
+    Close the generator when done (contextlib.closing): the workers stop then, not whenever it is
+    collected, and a stop that came meanwhile is raised in the caller's frame."""
+    iterator = None
+    try:
+        with cli.signals_deferred():
+            iterator = iter(loader)
+        yield from iterator
+    finally:
+        with cli.signals_deferred():
+            # the iterator's own clean-up, which its __del__ would run; none for a loader without workers
+            shutdown = getattr(iterator, '_shutdown_workers', None)
+            if shutdown is not None:
+                shutdown()
+
+
+# ----------------------------------------------------------------------------- bench.py's measuring processes
+
 def _libc():
+    if not sys.platform.startswith('linux'):
+        return None
     try:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:
@@ -28,50 +93,95 @@ def _libc():
 
 
 _LIBC = _libc()  # loaded here, in the parent: a child between fork and exec should only call into it
+PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent():
-    """In a child, before exec: be killed if its parent dies without cleaning up (kill -9)."""
-    try:
-        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG, Linux only
-    except Exception:  # elsewhere the parent's own cleanup still kills its children
-        pass
+    """In a child, before exec: be killed if its parent dies without cleaning up (kill -9). Linux only;
+    elsewhere a measuring child outlives such a parent until its measurement ends."""
+    with contextlib.suppress(Exception):
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _own_group():
+    """Popen's options that put a child in a process group of its own: a Ctrl-C at the terminal then
+    reaches only bench.py, which stops the child with everything it started (kill_all)."""
+    if os.name == 'nt':  # Windows: no sessions; a new process group gets no console Ctrl-C
+        return dict(creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)
+    return dict(start_new_session=True, preexec_fn=die_with_parent if _LIBC is not None else None)
+
+
+def _kill(process):
+    """Kill a child with its process group where the platform has them (its DataLoader workers and busy
+    neighbour go too). Elsewhere the child alone: the book's workers leave when torch's watch over them
+    sees their parent gone, the busy neighbour when its stdin pipe closes."""
+    with contextlib.suppress(OSError):
+        if hasattr(os, 'killpg') and hasattr(signal, 'SIGKILL'):
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+
+
+def _maxrss_mb(maxrss):
+    """getrusage's ru_maxrss in MB: bytes on macOS, KiB elsewhere."""
+    return maxrss / (2**20 if sys.platform == 'darwin' else 1024)
+
+
+class _Tail(threading.Thread):
+    """Reads a child's stdout or stderr pipe to its end, keeping the last `limit` bytes. Pipes, not files in
+    the temporary folder: a full disk there must not swallow the child's one line saying so."""
+
+    def __init__(self, pipe, limit=1 << 20):
+        super().__init__(daemon=True)
+        self.pipe, self.limit, self.data = pipe, limit, bytearray()
+        self.start()
+
+    def run(self):
+        with contextlib.suppress(OSError, ValueError), self.pipe:
+            while chunk := self.pipe.read1(65536):
+                self.data += chunk
+                del self.data[:-self.limit]
+
+    def text(self):
+        self.join(timeout=10)  # a grandchild still holding the pipe must not hold bench.py
+        return bytes(self.data).decode(errors='replace')
 
 
 class Children:
-    """Starts the measurement processes one at a time, each in its own session (a Ctrl-C at the terminal
-    reaches only bench.py, which then kills the child's whole process group, DataLoader workers and busy
-    neighbour included), with stdout and stderr in files of the work folder."""
+    """Starts the measurement processes one at a time, each in a process group of its own (a Ctrl-C at the
+    terminal reaches only bench.py, which then kills the child's whole group, DataLoader workers and busy
+    neighbour included), reading their stdout and stderr through pipes."""
 
     def __init__(self, work_dir):
         self.work_dir, self.running, self.count = work_dir, [], 0
         self.log = []  # (what, wall seconds) of each finished process, in order
 
     def run(self, command, what):
-        """Run `command` to the end: (stdout, wall seconds, peak RSS MB of the process itself). A failure
-        raises cli.InputError (the child's exit 2: bad input), KeyboardInterrupt (its exit 130) or
-        ChildFailed, each with the child's last line on stderr."""
+        """Run `command` to the end: (stdout, wall seconds, peak RSS MB of the process itself, None where
+        the platform does not report it). A failure raises cli.InputError (the child's exit 2: bad input),
+        KeyboardInterrupt (its exit 130) or ChildFailed, each with the child's last line on stderr."""
         self.count += 1
-        paths = [os.path.join(self.work_dir, f"child-{self.count}.{stream}") for stream in ('out', 'err')]
-        with open(paths[0], 'wb') as out, open(paths[1], 'wb') as err:
-            with cli.signals_deferred():  # the process is recorded before a Ctrl-C can act
-                start = time.perf_counter()
-                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                           start_new_session=True, preexec_fn=die_with_parent)
-                self.running.append(process)
-        _, status, usage = os.wait4(process.pid, 0)
+        with cli.signals_deferred():  # the process is recorded before a Ctrl-C can act
+            start = time.perf_counter()
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, **_own_group())
+            self.running.append(process)
+        out, err = _Tail(process.stdout), _Tail(process.stderr)
+        rss = None
+        if hasattr(os, 'wait4'):  # POSIX: the exit status and the child's own peak memory at once
+            _, status, usage = os.wait4(process.pid, 0)
+            code, rss = os.waitstatus_to_exitcode(status), _maxrss_mb(usage.ru_maxrss)
+        else:
+            code = process.wait()
         wall = time.perf_counter() - start
         with cli.signals_deferred():
-            process.returncode = os.waitstatus_to_exitcode(status)
+            process.returncode = code
             self.running.remove(process)
-        code = process.returncode
         self.log.append((what, wall))
-        with open(paths[0]) as f:
-            stdout = f.read()
+        stdout = out.text()
         if code == 0:
-            return stdout, wall, usage.ru_maxrss / 1024
-        with open(paths[1], errors='replace') as f:
-            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+            return stdout, wall, rss
+        lines = [line.strip() for line in err.text().splitlines() if line.strip()]
         last = lines[-1] if lines else ''
         message = last[len('error: '):] if last.startswith('error: ') else last
         if code == cli.EXIT_INTERRUPTED:
@@ -80,41 +190,60 @@ class Children:
             raise cli.InputError(message if last.startswith('error: ') else f"{what}: {last or 'bad input'}")
         if code < 0:
             name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-            raise ChildFailed(f"{what} was killed by {name}" + (" (out of memory?)" if -code == 9 else "")
+            raise ChildFailed(f"{what} was killed by {name}" + (" (out of memory?)" if name == 'SIGKILL' else "")
                               + (f"; its last words: {message}" if message else ""))
         raise ChildFailed(f"{what} failed (exit {code}): {message or 'no message'}")
 
     def kill_all(self):
         """Kill whatever is still running, with its process group, and reap it."""
         for process in self.running:
+            _kill(process)
             with contextlib.suppress(OSError):
-                os.killpg(process.pid, signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                os.waitpid(process.pid, 0)
+                process.wait()
         self.running.clear()
+
+
+def work_folder(prefix):
+    """A new folder in the temporary folder (TMPDIR, TEMP or TMP, else the system's), for the book's copy of
+    the data and the whole command's outputs; one that cannot be made is cli.OutputError, `cannot write
+    PATH: reason`. The caller removes it."""
+    try:
+        return tempfile.mkdtemp(prefix=prefix)
+    except OSError as error:
+        where = error.filename or tempfile.gettempdir()
+        raise cli.OutputError(f"cannot write {where}: {error.strerror or error}") from None
+
+
+# The busy neighbour: one single-threaded loop, and a thread that waits for its stdin to close (its parent
+# gone, however it went, on every platform) and then ends the process.
+NEIGHBOUR = ("import os, sys, threading\n"
+             "threading.Thread(target=lambda: (sys.stdin.buffer.read(), os._exit(0)), daemon=True).start()\n"
+             "while True: pass")
 
 
 @contextlib.contextmanager
 def busy_neighbour():
     """One busy single-threaded process (`python -c "while True: pass"`) for as long as the block runs:
     what a user's other work looks like to a training run. Started in this process's group (a parent
-    that kills the group kills it too) and killed with this process if that dies first."""
-    process = subprocess.Popen([sys.executable, '-c', 'while True: pass'], stdin=subprocess.DEVNULL,
-                               preexec_fn=die_with_parent)
+    that kills the group kills it too), and it leaves by itself when this process ends, killed or not."""
+    process = subprocess.Popen([sys.executable, '-c', NEIGHBOUR], stdin=subprocess.PIPE)
     try:
         time.sleep(0.1)  # its interpreter has started: busy from the first step on
         yield process
     finally:
         process.kill()
         process.wait()
+        process.stdin.close()
 
 
 def peak_rss_mb():
     """Peak resident memory of this process plus the largest of its finished children (the book's
-    DataLoader workers), in MB; Linux reports KiB."""
+    DataLoader workers), in MB; None where the platform does not report it."""
+    if resource is None:
+        return None
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024
+    return _maxrss_mb(own + children)
 
 
 def whole_pair(children, train_command, floor_command, index):

@@ -1,27 +1,49 @@
 """bench.py's report: bench.json's content from the raw timings, and the lines it prints."""
 import contextlib
 import os
+import platform
 import statistics
+import subprocess
+import sys
 
 ROUNDS = ('start', 'middle', 'end')
 TRAIN_SIZE = 60_000
 
 
 def cpu_model():
-    """The CPU's name as /proc/cpuinfo gives it (e.g. 'AMD EPYC'), or what platform knows."""
+    """The CPU's name: /proc/cpuinfo's model name on Linux (e.g. 'AMD EPYC'), sysctl's on macOS (e.g. 'Apple
+    M2'), else what Python's platform module knows (on Windows e.g. 'Intel64 Family 6 Model 154 ...')."""
     with contextlib.suppress(OSError):
         with open('/proc/cpuinfo') as f:
             for line in f:
                 if line.startswith('model name'):
                     return line.split(':', 1)[1].strip()
-    import platform
+    if sys.platform == 'darwin':
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            name = subprocess.run(['sysctl', '-n', 'machdep.cpu.brand_string'], capture_output=True, text=True,
+                                  timeout=5).stdout.strip()
+            if name:
+                return name
     return platform.processor() or platform.machine() or 'unknown'
 
 
 def machine():
+    """The CPU, its cores, and how many of them this process may use (Linux's affinity; elsewhere all)."""
     cores = os.cpu_count()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else cores
     return dict(cpu=cpu_model(), cores=cores, usable_cores=usable)
+
+
+def largest(values):
+    """The largest of some peak memories in MB, None (unknown: no peak memory on this platform) among them
+    ignored; None if all are."""
+    known = [value for value in values if value is not None]
+    return max(known) if known else None
+
+
+def megabytes(value):
+    """A peak memory for the printout: '-' where the platform does not report it."""
+    return '-' if value is None else f"{value:.0f}"
 
 
 def summarize(book, ours, whole, device, whole_epochs, command):
@@ -35,7 +57,7 @@ def summarize(book, ours, whole, device, whole_epochs, command):
                      seconds_by_round={r: ours[r]['seconds'] for r in ('start', 'end')},
                      threads_by_round={r: ours[r]['threads_by_epoch'] for r in ('start', 'end')},
                      test_acc=ours['end']['test_acc'],
-                     peak_rss_mb=max(ours['start']['peak_rss_mb'], ours['end']['peak_rss_mb'])),
+                     peak_rss_mb=largest([ours['start']['peak_rss_mb'], ours['end']['peak_rss_mb']])),
         'floor': dict(seconds=[s for r in ROUNDS for s in ours[r]['floor']['seconds']],
                       seconds_by_round={r: ours[r]['floor']['seconds'] for r in ROUNDS},
                       seconds_by_round_and_threads={r: ours[r]['floor']['by_threads'] for r in ROUNDS}),
@@ -98,7 +120,7 @@ def printout(report):
         rows.append(('contended', "train.py beside a busy process", str(len(p['contended']['seconds']))))
     for key, name, epochs in rows:
         r = p[key]
-        rss = f"{r['peak_rss_mb']:.0f}" if 'peak_rss_mb' in r else '-'
+        rss = megabytes(r.get('peak_rss_mb'))
         acc = f"{r['test_acc']:.4f}" if 'test_acc' in r else '-'
         lines.append(f"{name:<36}{epochs:>7}{r['median_seconds']:>18.4f}{r['samples_per_second']:>12,.0f}"
                      f"{rss:>13}{acc:>10}")
@@ -111,7 +133,7 @@ def printout(report):
         for key, name in (('train_py', f"python train.py --out TMP ({epochs})"),
                           ('floor', f"import torch + data + {epochs} of floor")):
             lines.append(f"{name:<43}{len(w[key]['seconds']):>6}{w[key]['median_seconds']:>18.3f}"
-                         f"{max(w[key]['peak_rss_mb']):>13.0f}")
+                         f"{megabytes(largest(w[key]['peak_rss_mb'])):>13}")
     lines.append(f"book / ours, an epoch:   {ratios['book_over_ours']:6.1f}x  (target 30x, stretch 50x)")
     lines.append(f"ours / floor, an epoch:  {ratios['ours_over_floor']:6.2f}x  (same process: {by_round})")
     if 'whole_command' in report:

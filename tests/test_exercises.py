@@ -1,16 +1,24 @@
 """Tests for exercises.py: each answer is a claim, checked here at small sizes (timings only as orderings
 whose gap is far beyond noise)."""
+import contextlib
 import fractions
 import heapq
 import math
+import multiprocessing
+import os
+import signal
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
+import data
 import exercises
-from support import cli
+from common import assert_one_line_error, children, finish, start, tiny_disk
 from model import SoftmaxRegression
+from support import cli
 
 
 def test_3_4_1_hessian_is_the_covariance_of_the_one_hot_outcome_whatever_the_label():
@@ -131,3 +139,126 @@ def test_one_exercise_runs_and_an_unknown_one_is_one_line_and_exit_2(tmp_path, c
     assert cli.run(exercises.main, ['3.4.9', '--out', str(tmp_path)]) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown exercise '3.4.9'" in err and '3.6.5' in err
+
+
+# ------------------------------------------------------------------ the book's reader as a process: stops and faults
+
+def odd_data_folder(folder, zeros):
+    """The four real data files (links to them) beside what must never be opened: notes.gz, a FIFO (opening
+    it waits for a writer for ever) and, when `zeros`, extra-ubyte, a link to /dev/zero (endless)."""
+    real = data.find_data_dir(download=False)
+    os.makedirs(folder)
+    for images, labels, _ in data.SPLITS.values():
+        for name in os.listdir(real):
+            if name.startswith((images, labels)):
+                os.symlink(os.path.abspath(os.path.join(real, name)), os.path.join(folder, name))
+    os.mkfifo(os.path.join(folder, 'notes.gz'))
+    if zeros:
+        os.symlink('/dev/zero', os.path.join(folder, 'extra-ubyte'))
+    return str(folder)
+
+
+def running(pid):
+    """Whether process `pid` still runs: a zombie has ended (an orphan that init here never reaps, e.g. the
+    ldconfig that ctypes starts while torch imports, which a fork-and-exec briefly shows as a worker)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def reading(pid, seen):
+    """The book's reader of 3.5.1 has its 4 worker processes: record each set of workers seen."""
+    workers = children(pid)
+    if workers and workers not in seen:
+        seen.append(workers)
+    return len(workers) == 4
+
+
+def first_batch_spawned(folder):
+    """The first batch of the book's reader (the test set, in order) with its one worker spawned, as Windows
+    and macOS start DataLoader workers: a fresh interpreter that gets the dataset and the worker's set-up by
+    pickling. (X, y, the worker processes while reading, those after closing.)"""
+    import torchvision
+    from helpers.bench_children import book_loader, worker_batches
+    root = data.torchvision_root(data.find_data_dir(download=False), folder)
+    dataset = torchvision.datasets.FashionMNIST(root, train=False, transform=torchvision.transforms.ToTensor())
+    loader = book_loader(dataset, 256, shuffle=False, num_workers=1, context='spawn')
+    with contextlib.closing(worker_batches(loader)) as batches:
+        X, y = next(batches)
+        during = multiprocessing.active_children()
+    return X, y, during, multiprocessing.active_children()
+
+
+@pytest.fixture(scope='module')
+def book_reader(tmp_path_factory):
+    """Two things at once, as each mostly waits for an interpreter to import torch: (1) `exercises.py 3.5.1`
+    in a session of its own, on a data folder holding a FIFO and (where a small disk can be mounted for its
+    temporary folder) a link to /dev/zero, sent Ctrl-C to its whole process group, workers included, once
+    the book's reader has its 4 workers: dict(code, err, workers: the pids seen, tmp: its temporary folder,
+    out: its output folder), None where /proc cannot show the workers; (2) in this process,
+    first_batch_spawned. (A plain kill of the script alone, at several moments: test_contract.py.)"""
+    base = tmp_path_factory.mktemp('exercises')
+    with ThreadPoolExecutor(1) as pool:
+        spawned = pool.submit(first_batch_spawned, str(base))
+        if not os.path.exists(f'/proc/{os.getpid()}/task/{os.getpid()}/children'):
+            yield None, spawned.result(timeout=120)
+            return
+        # 80 MB: the copy of the data (55 MB) fits; a copy of /dev/zero would fill it, not this machine's disk
+        with tiny_disk(80 * 1024) as disk:
+            run = dict(tmp=disk or str(base / 'tmp'), out=base / 'out', seen=[])
+            os.makedirs(run['tmp'], exist_ok=True)
+            odd = odd_data_folder(base / 'odd data', zeros=disk is not None)
+            process = start('exercises.py', '3.5.1', '--out', run['out'], start_new_session=True,
+                            env=dict(os.environ, TMPDIR=run['tmp'], FASHION_MNIST_DIR=odd))
+            try:
+                deadline = time.monotonic() + 120  # a run that never gets there (a FIFO opened) fails
+                while process.poll() is None and time.monotonic() < deadline:
+                    if reading(process.pid, run['seen']):
+                        os.killpg(process.pid, signal.SIGINT)
+                        break
+                    time.sleep(0.005)
+                run['code'], _, run['err'] = finish(process, timeout=120)
+                run['workers'] = set().union(*run['seen'])
+                run['left in tmp'] = os.listdir(run['tmp'])
+                yield run, spawned.result(timeout=120)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+
+
+def test_ctrl_c_while_the_books_reader_has_workers_is_exit_130_one_line_and_nothing_left(book_reader):
+    run, _ = book_reader
+    if run is None:
+        pytest.skip("watching the workers needs /proc (Linux)")
+    assert run['workers'], "the book's reader never had its workers"  # the FIFO and /dev/zero were left alone
+    assert run['code'] == 130, run['err']
+    assert_one_line_error(run['err'], 'interrupted')  # nothing from the workers nor from their shutdown
+    assert os.listdir(run['out']) == []
+    assert [name for name in run['left in tmp'] if name.startswith('exercises-')] == []  # its copy of the data
+    deadline = time.monotonic() + 5
+    while any(map(running, run['workers'])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in run['workers'] if running(pid)] == []
+
+
+def test_the_books_reader_works_with_spawned_workers(book_reader, fashion_mnist):
+    _, (X, y, during, after) = book_reader
+    assert len(during) == 1 and after == []  # its worker shut down when closed
+    images, labels = fashion_mnist[2:]
+    assert torch.equal((X * 255).round().to(torch.uint8).reshape(256, -1), images[:256])
+    assert torch.equal(y, labels[:256])
+
+
+def test_a_temporary_folder_that_fills_is_one_line_naming_the_file_and_exit_2(fashion_mnist, tmp_path, monkeypatch,
+                                                                               capsys):
+    """3.5.1 copies the data for the book's reader into the temporary folder: on a 2 MB disk that fills."""
+    with tiny_disk(2048) as disk:
+        if disk is None:
+            pytest.skip("mounting a small disk needs root")
+        monkeypatch.setattr(tempfile, 'tempdir', disk)  # as TMPDIR=disk does
+        monkeypatch.setattr(exercises, 'fashion_mnist', lambda: fashion_mnist)  # not read again
+        assert cli.run(exercises.main, ['3.5.1', '--out', str(tmp_path)]) == cli.EXIT_BAD_INPUT
+        assert_one_line_error(capsys.readouterr().err, f"error: cannot write {disk}{os.sep}", 'No space left on device')
+        assert os.listdir(disk) == [] and os.listdir(tmp_path) == []
