@@ -29,7 +29,7 @@ process, end: ours again; the whole-command runs spread over the three):
 An epoch is one pass over the 60,000 training images plus the accuracy on the 10,000 test images.
 Writes --out/bench.json. Exit codes: 0 done, 1 something broke, 2 bad input, 130 interrupted.
 """
-from support import cli
+from support import cli, writing
 
 if __name__ == '__main__':  # before anything slow: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -43,8 +43,8 @@ import statistics
 import sys
 import time
 
-from helpers.bench_children import (ChildFailed, Children, book_loader, busy_neighbour, peak_rss_mb, quiet_worker,
-                                    whole_pair, work_folder, worker_batches)
+from helpers.bench_children import ChildFailed, Children, busy_neighbour, peak_rss_mb, whole_pair
+from helpers.book_reader import book_loader, quiet_worker, work_folder, worker_batches
 from helpers.bench_report import ROUNDS, printout, summarize
 
 if __name__ == '__mp_main__':  # the book's DataLoader worker, spawned (Windows, macOS): not a run of its own
@@ -403,7 +403,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.child is not None:
         return child_main(args.child)
-    cli.prepare_out_dir(args.out)
+    writing.prepare_out_dir(args.out)
     children = work_dir = None
     try:
         with cli.signals_deferred():  # the folder is known to the cleanup below before a Ctrl-C acts
@@ -424,7 +424,7 @@ def main(argv=None):
     for line in printout(report):
         print(line)
     path = os.path.join(args.out, 'bench.json')
-    cli.write_text(path, json.dumps(report, indent=2) + '\n')
+    writing.write_text(path, json.dumps(report, indent=2) + '\n')
     print(f"wrote {path}")
     return 0
 

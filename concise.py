@@ -5,7 +5,7 @@ nn.CrossEntropyLoss and torch.optim.SGD over train.py's resident tensors and min
 (initial weights, batch order) its history is `python train.py --loss torch`'s. DIR/history.csv as train.py's.
 """
 import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from support import cli
+from support import cli, writing
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -47,7 +47,7 @@ def main(argv=None):
     parser.add_argument('--seed', type=cli.whole_number(0, 2**63), default=0, metavar='N')
     parser.add_argument('--out', type=cli.non_empty, default='outputs', metavar='DIR')
     args = parser.parse_args(argv)
-    cli.prepare_out_dir(args.out, ['history.csv'])
+    writing.prepare_out_dir(args.out, ['history.csv'])
     device = train.resolve_device('auto')
     train_images, y_train, test_images, y_test = data.load_fashion_mnist(device=device)
     X_train, X_test = data.to_features(train_images), data.to_features(test_images)
@@ -66,7 +66,7 @@ def main(argv=None):
         test_loss, test_acc = train.evaluate(net, 'torch', X_test, y_test)  # as the book reuses evaluate_accuracy
         history.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                             test_acc=test_acc, seconds=time.perf_counter() - start))
-        cli.write_text(os.path.join(args.out, 'history.csv'), history_csv(history))
+        writing.write_text(os.path.join(args.out, 'history.csv'), history_csv(history))
         print(train.epoch_line(history[-1], args.epochs))
     return 0
 

@@ -12,12 +12,12 @@
 Exit codes: 0 done, 2 bad input (an unknown exercise, a folder that cannot be written), 130 interrupted.
 """
 import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from support import cli
+from support import cli, writing
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
 
-from helpers.bench_children import book_loader, quiet_worker, work_folder, worker_batches  # no torch
+from helpers.book_reader import book_loader, quiet_worker, work_folder, worker_batches  # no torch
 
 if __name__ == '__mp_main__':  # a DataLoader worker of 3.5.1, spawned (Windows, macOS): not a run of its own
     quiet_worker()
@@ -438,7 +438,7 @@ def main(argv=None):
     unknown = [id_ for id_ in args.ids if id_ not in EXERCISES]
     if unknown:
         parser.error(f"unknown exercise {unknown[0]!r}; choose from {', '.join(EXERCISES)}")
-    cli.prepare_out_dir(args.out)
+    writing.prepare_out_dir(args.out)
     for id_ in args.ids or EXERCISES:
         what, answer = EXERCISES[id_]
         print(f"\n{id_}  {what}")

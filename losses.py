@@ -18,7 +18,7 @@ Below the chapter's part, `cross_entropy`: F.cross_entropy's complete equivalent
 import sys
 
 import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from support import cli
+from support import cli, writing
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -156,7 +156,8 @@ LOSSES = {
 
 # ----------------------------------------------------------------------------- F.cross_entropy, every option
 # Not needed to follow the chapter: the same loss with every shape and option of torch's, checked against it.
-from support.cross_entropy_plumbing import as_batch, check_arguments, check_index_range, in_torch_order  # noqa: E402,E501
+from support.cross_entropy_plumbing import (as_batch, check_arguments, check_index_range,  # noqa: E402
+                                           in_torch_order)
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -286,7 +287,7 @@ def main(argv=None):
     parser.add_argument('--out', default='outputs', type=cli.non_empty,
                         help="folder for stability.png (default outputs)")
     args = parser.parse_args([] if argv is None else argv)
-    cli.prepare_out_dir(args.out)  # a folder we cannot write is one line and exit 2, before any work
+    writing.prepare_out_dir(args.out)  # a folder we cannot write is one line and exit 2, before any work
     loss_demo.run(args.out, sys.modules[__name__])  # this module, whether imported or run as a script
     return cli.EXIT_DONE
 

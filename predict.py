@@ -23,7 +23,7 @@ predicted, 2 an image or the model could not be read, or an image not predicted 
 import sys
 
 import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from support import cli
+from support import cli, writing
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -321,7 +321,7 @@ def main(argv=None):
     if note:
         cli.say(note)
     outputs = OUTPUTS if args.labelled else OUTPUTS[:1]
-    cli.prepare_out_dir(args.out, outputs)  # fail now, before any photo is read
+    writing.prepare_out_dir(args.out, outputs)  # fail now, before any photo is read
     import matplotlib.figure  # noqa: F401 -- imported now, not half-way through an interrupted save
 
     # the figure shows MAX_SHOWN images: the first ones predicted, or for --labelled spread over the folders

@@ -22,7 +22,7 @@ import os
 import sys
 
 import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from support import cli
+from support import cli, writing
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -41,7 +41,8 @@ import data
 import train
 from helpers import plots_sweep, records
 from support.steps import Diverged
-from support.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, OutputError, write_text
+from support.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, OutputError
+from support.writing import write_text
 
 DEFAULT_LRS = [0.01, 0.03, 0.1, 0.3, 1.0]
 DEFAULT_BATCH_SIZES = [32, 64, 256, 1024]
@@ -389,7 +390,7 @@ def main(argv=None):
     sweep = parse_config(argv)  # bad flags: one line naming the flag, exit 2
     csv_path = os.path.join(sweep.out, 'sweep.csv')
     check_grid_size(sweep, read_sweep_csv(csv_path))  # before anything is written
-    cli.prepare_out_dir(sweep.out, outputs(sweep.out))  # and locked: a second sweep there would interleave sweep.csv
+    writing.prepare_out_dir(sweep.out, outputs(sweep.out))  # and locked: another sweep would interleave sweep.csv
     rows = read_sweep_csv(csv_path)  # again, under the lock; refused before anything in the folder changes
     total = check_grid_size(sweep, rows)
     print(f"sweep: {count(sweep.size(), 'run')} ({shape(sweep)}, {sweep.recipe} recipe, {sweep.loss} loss): "

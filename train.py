@@ -9,7 +9,7 @@ predictions.png, weights.png, confusion.png, confidence.png from the last finish
 ends, fails or is interrupted (helpers/records.py). `--help` lists the flags and the exit codes.
 """
 import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
-from support import cli
+from support import cli, writing
 
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
@@ -263,7 +263,7 @@ def resolve_device(name):
 
 def main(argv=None):
     config = parse_config(argv)  # bad flags: one line naming the flag, exit 2
-    cli.prepare_out_dir(config.out, records.OUTPUT_FILES)  # checked and locked now, not after training
+    writing.prepare_out_dir(config.out, records.OUTPUT_FILES)  # checked and locked now, not after training
     device = resolve_device(config.device)
     datasets = data.load_fashion_mnist(config.data_dir, device)
     model = new_model(config, device)

@@ -7,8 +7,10 @@ so three things come before those steps here:
 
     a. separate the item from its background: OpenCV's GrabCut (a graph cut between two colour models,
        Rother et al. 2004), started from a rectangle 4% inside the frame, on a copy at most 200 pixels
-       long; the largest piece is kept and its holes filled. A transparent background is the
-       background as it is: no segmentation.
+       long; the largest piece is kept and its holes filled. A product shot cropped tight has the item
+       across that 4% strip: on a plain background, the strip is background only where it has the
+       background's colour (frame_cut). A transparent background is the background as it is: no
+       segmentation.
     b. polarity from the item against its background: the item is darker or lighter than the colour
        around it (a dark shirt on a bed, a white shoe on a dark floor, either on mid-gray);
     c. the item's distance from that colour, on its side, scaled to 0..255, and 0 off the item: a light
@@ -177,10 +179,64 @@ def _largest_filled_piece(mask):
     return (outside[1:-1, 1:-1] != 2).astype(np.uint8)
 
 
+def _distance(pixels, colour):
+    """(..., 3) pixels and an RGB colour -> (...) their root-mean-square distance over the channels."""
+    difference = pixels - colour
+    return np.sqrt(np.einsum('...k,...k->...', difference, difference) / 3)
+
+
+def _longest_run(flags):
+    """The length of the longest run of True in a 1-d bool array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
+    return int((edges[1::2] - edges[::2]).max(initial=0))
+
+
+def frame_cut(small, dx, dy):
+    """The background's RGB colour when the frame cuts the item (a product shot cropped tight), else None.
+
+    GrabCut's starting rectangle leaves a strip dx, dy wide around it as background. The item of a tight
+    crop crosses that strip and is a third of it, more for a bag or a pullover, whose colour is then the
+    strip's median. The background is instead the colour most of the strip is within TOLERANCE of (the
+    mode), trusted only where it is plain: a fifth of the strip at least, and almost nothing else in the
+    strip but the item and its edges (a floor, a bed, grain or noise have colours between). The frame
+    cuts the item when the item (more than twice TOLERANCE from that colour, in one piece with the middle
+    of the photo) runs along a tenth of one of the frame's sides at least, through the strip.
+    """
+    import cv2
+    height, width = small.shape[:2]
+    colours = small.astype(np.float32)
+    ring = np.ones((height, width), bool)
+    ring[dy:height - dy, dx:width - dx] = False
+    strip = colours[ring]
+    # the mode, near enough: which of 64 of the strip's colours has the most of 2048 others within TOLERANCE
+    # (einsum: a matrix product starts BLAS's threads, which cost more than they save on so few numbers)
+    candidates, others = strip[::max(1, len(strip) // 64)], strip[::max(1, len(strip) // 2048)]
+    squared = (np.square(candidates).sum(1)[:, None] + np.square(others).sum(1)[None]
+               - 2 * np.einsum('ik,jk->ij', candidates, others))
+    mode = candidates[np.argmax((squared <= 3 * TOLERANCE ** 2).sum(axis=1))]
+    background = np.median(strip[_distance(strip, mode) <= TOLERANCE], axis=0)
+    distance = _distance(colours, background)
+    item = _majority(distance > 2 * TOLERANCE).astype(np.uint8)
+    near = (distance[ring] <= TOLERANCE).mean()
+    elsewhere = (distance > TOLERANCE) & ~cv2.dilate(item, np.ones((5, 5), np.uint8)).astype(bool)
+    if near < 0.2 or elsewhere[ring].mean() > 0.03 * near:
+        return None
+    _, pieces = cv2.connectedComponents(item, connectivity=8)
+    middle = np.unique(pieces[height // 4:height - height // 4, width // 4:width - width // 4])
+    item = np.isin(pieces, middle[middle > 0])
+    sides = (item[:dy].mean(axis=0), item[height - dy:].mean(axis=0), item[:, :dx].mean(axis=1),
+             item[:, width - dx:].mean(axis=1))
+    crossed = any(_longest_run(side > 0.5) >= 0.1 * len(side) for side in sides)
+    return background if crossed else None
+
+
 def segment(pixels):
-    """(h, w, 3) RGB photo -> (h, w) bool mask of the item: GrabCut on a copy SEGMENT_SIZE long, from a
-    rectangle SEGMENT_MARGIN inside the frame, the largest piece kept with its holes filled. Deterministic
-    (OpenCV's random generator is reset for each photo); what is plainly unlike the background is added."""
+    """(h, w, 3) RGB photo -> (mask, background): (h, w) bool, the item, and the background's RGB colour
+    where the frame cuts the item (frame_cut), else None. GrabCut on a copy SEGMENT_SIZE long, from a
+    rectangle SEGMENT_MARGIN inside the frame (where the frame cuts the item, the strip outside it is
+    background only where it is like the background), the largest piece kept with its holes filled.
+    Deterministic (OpenCV's random generator is reset for each photo); what is plainly unlike the
+    background is added."""
     import cv2
     height, width = pixels.shape[:2]
     factor = min(1.0, SEGMENT_SIZE / max(height, width))
@@ -190,12 +246,17 @@ def segment(pixels):
         small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
     dx, dy = max(1, round(SEGMENT_MARGIN * size[0])), max(1, round(SEGMENT_MARGIN * size[1]))
     found = np.zeros(small.shape[:2], np.uint8)
+    cut = None
     if size[0] - 2 * dx >= 2 and size[1] - 2 * dy >= 2:
-        labels = np.zeros(small.shape[:2], np.uint8)
+        labels = np.full(small.shape[:2], cv2.GC_BGD, np.uint8)
+        labels[dy:size[1] - dy, dx:size[0] - dx] = cv2.GC_PR_FGD
+        cut = frame_cut(small, dx, dy)
+        if cut is not None:  # a border that is partly the item is not all background: GrabCut decides there
+            labels[(labels == cv2.GC_BGD) & (_distance(small, cut) > TOLERANCE)] = cv2.GC_PR_FGD
         cv2.setRNGSeed(0)  # GrabCut's k-means draws from it: the same photo, the same cut, in any order
         try:
-            cv2.grabCut(np.ascontiguousarray(small[:, :, ::-1]), labels, (dx, dy, size[0] - 2 * dx, size[1] - 2 * dy),
-                        np.zeros((1, 65)), np.zeros((1, 65)), GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT)
+            cv2.grabCut(np.ascontiguousarray(small[:, :, ::-1]), labels, None, np.zeros((1, 65)), np.zeros((1, 65)),
+                        GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
             found = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.uint8)
         except cv2.error:  # too few colours for its two models (a few-pixel image): the fallback below
             pass
@@ -209,18 +270,19 @@ def segment(pixels):
     if np.median(usual) + 6 * spread < 2 * TOLERANCE:
         found |= _majority(distance > TOLERANCE).astype(np.uint8)
     if not found.any():
-        return np.ones((height, width), bool)
+        return np.ones((height, width), bool), cut
     found = _largest_filled_piece(found)
     if factor < 1:
-        return cv2.resize(found * 255, (width, height), interpolation=cv2.INTER_LINEAR) > 127
-    return found.astype(bool)
+        found = cv2.resize(found * 255, (width, height), interpolation=cv2.INTER_LINEAR) > 127
+    return found.astype(bool), cut
 
 
 def item_intensity(pixels, alpha):
     """(h, w, 3) RGB and alpha (or None) -> (intensity, mask): (h, w) float32, the item light on 0, and
     (h, w) bool, the part of the photo kept as the item.
 
-    Opaque: the item is segment()'s mask, its background the median colour around it. The item is dark
+    Opaque: the item is segment()'s mask, its background the median colour around it (where the frame cuts
+    the item, the colour frame_cut found: a bag filling the frame leaves little around it). The item is dark
     when its pixels fall below that colour's gray level g more than they rise above it; its intensity is
     then (g - gray) * 255 / g, else (gray - g) * 255 / (255 - g): the distance on its side, scaled by the
     room there is on that side, and 0 off the item. So a dark item on white (the paper's negation), a
@@ -233,9 +295,10 @@ def item_intensity(pixels, alpha):
         visible = alpha > 0.02
         light = _is_light(gray, visible, alpha)
         return (gray if light else 255 - gray) * alpha, visible
-    mask = segment(pixels)
-    around = pixels[~mask]
-    background = np.median(around if len(around) >= 64 else border(pixels), axis=0)
+    mask, background = segment(pixels)
+    if background is None:
+        around = pixels[~mask]
+        background = np.median(around if len(around) >= 64 else border(pixels), axis=0)
     level = float(luminance(background))
     difference = gray - level
     dark = difference[mask].sum() < 0

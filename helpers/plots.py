@@ -6,14 +6,14 @@ plots_sweep.py, predict.py's in plots_predict.py.
 """
 import torch
 
-from support.cli import write_atomically
+from support.writing import write_atomically
 from data import TEXT_LABELS
 
 PNG_DPI = 110
 
 
 def save_figure(figure, path):
-    """Write figure to path as PNG, atomically (cli.write_atomically)."""
+    """Write figure to path as PNG, atomically (writing.write_atomically)."""
     write_atomically(path, lambda tmp: figure.savefig(tmp, format='png', dpi=PNG_DPI))
 
 

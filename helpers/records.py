@@ -1,7 +1,7 @@
 """A run's records: history.csv, metrics.json, model.pt, curves.png and the final figures; compare.json.
 
 train.py trains; this module keeps what it trained (Run, and compare() for --compare), after every epoch,
-each file whole (cli.write_atomically), so that an interruption, a divergence or a full disk leaves files
+each file whole (support/writing.py), so that an interruption, a divergence or a full disk leaves files
 that describe one same finished epoch, and a status that says how it ended: 'finished', 'diverged',
 'interrupted' or 'failed: cannot write ...'.
 """
@@ -21,7 +21,8 @@ from losses import LOSSES, softmax
 from support import cli, metrics
 from helpers import plots
 from support.steps import Diverged
-from support.cli import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, OutputError, write_atomically, write_text
+from support.cli import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, OutputError
+from support.writing import write_atomically, write_text
 
 HISTORY_COLUMNS = ['epoch', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds']
 OUTPUT_FILES = ['history.csv', 'curves.png', 'metrics.json', 'model.pt', 'predictions.png', 'weights.png',

@@ -2,8 +2,8 @@
 
 Nothing here imports the chapter's files (data, model, losses, train) or helpers/: the imports run one way.
 
-    cli.py                  the process contract: one-line errors, exit codes, signals, closed streams,
-                            atomic files, the output folder's check and lock
+    cli.py                  the process contract: one-line errors, exit codes, signals, closed streams
+    writing.py              files written whole, the output folder checked and locked before a run writes
     reading.py              input files opened safely: regular files only, nothing that can block
     datafiles.py            the four Fashion-MNIST IDX files: found, and read no further than their headers promise
     checkpoints.py          model.pt read safely: its size, tensors and plain values only, one-line refusals

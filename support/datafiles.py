@@ -22,7 +22,7 @@ import zlib
 
 import torch
 
-from support import cli, reading
+from support import cli, reading, writing
 
 DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 TORCHVISION_ROOT = 'data'  # torchvision keeps FashionMNIST/raw/ below this
@@ -238,11 +238,11 @@ def read_idx(path, magic, shape):
 
 def write_idx(path, tensor):
     """Write a uint8 tensor as an uncompressed IDX file (the magic 0x08, its dimensions, its bytes), whole or
-    not at all (cli.write_atomically): a full disk is OutputError("cannot write PATH: ...")."""
+    not at all (writing.write_atomically): a full disk is OutputError("cannot write PATH: ...")."""
     header = bytes([0, 0, 0x08, tensor.dim()]) + b''.join(n.to_bytes(4, 'big') for n in tensor.shape)
 
     def write(tmp):
         with open(tmp, 'wb') as f:
             f.write(header)
             f.write(tensor.contiguous().numpy().tobytes())
-    cli.write_atomically(path, write)
+    writing.write_atomically(path, write)

@@ -20,13 +20,13 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 def released_locks():
     """Output folders locked inside the block, by a script's main() called in this process, are released at
     its end, as they are when a process ends."""
-    from support import cli
-    held = len(cli._locks)
+    from support import writing
+    held = len(writing._locks)
     try:
         yield
     finally:
-        while len(cli._locks) > held:
-            cli.release_lock(cli._locks.pop())
+        while len(writing._locks) > held:
+            writing.release_lock(writing._locks.pop())
 
 
 def train_in_process(datasets, *argv):
@@ -168,3 +168,29 @@ def tiny_disk(kilobytes):
         if mounted:
             subprocess.run(['umount', '-l', folder], capture_output=True)
         os.rmdir(folder)
+
+
+def odd_data_folder(folder, zeros):
+    """The four real data files (links to them) beside what must never be opened: notes.gz, a FIFO (opening
+    it waits for a writer for ever) and, when `zeros`, extra-ubyte, a link to /dev/zero (endless)."""
+    import data
+    real = data.find_data_dir(download=False)
+    os.makedirs(folder)
+    for images, labels, _ in data.SPLITS.values():
+        for name in os.listdir(real):
+            if name.startswith((images, labels)):
+                os.symlink(os.path.abspath(os.path.join(real, name)), os.path.join(folder, name))
+    os.mkfifo(os.path.join(folder, 'notes.gz'))
+    if zeros:
+        os.symlink('/dev/zero', os.path.join(folder, 'extra-ubyte'))
+    return str(folder)
+
+
+def running(pid):
+    """Whether process `pid` still runs: a zombie has ended (an orphan that init here never reaps, e.g. the
+    ldconfig that ctypes starts while torch imports, which a fork-and-exec briefly shows as a worker)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False

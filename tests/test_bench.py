@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 
 import bench
-import data
 import losses
-from common import assert_one_line_error, finish, tiny_disk
+from common import assert_one_line_error, finish, odd_data_folder, tiny_disk
 from support import cli, threads
 from helpers import bench_children, bench_report
 
@@ -106,22 +105,6 @@ INTERRUPTIONS = {
     'ctrl-c during the book': (signal.SIGINT, book_reading),
     'kill during the first child': (signal.SIGTERM, child_started),
 }
-
-
-def odd_data_folder(folder, zeros):
-    """The four real data files (links to them) beside what the book's reader must never open: notes.gz, a
-    FIFO (opening it waits for a writer for ever) and, when `zeros`, extra-ubyte, a link to /dev/zero
-    (endless)."""
-    real = data.find_data_dir(download=False)
-    os.makedirs(folder)
-    for images, labels, _ in data.SPLITS.values():
-        for name in os.listdir(real):
-            if name.startswith((images, labels)):
-                os.symlink(os.path.abspath(os.path.join(real, name)), os.path.join(folder, name))
-    os.mkfifo(os.path.join(folder, 'notes.gz'))
-    if zeros:
-        os.symlink('/dev/zero', os.path.join(folder, 'extra-ubyte'))
-    return str(folder)
 
 
 def book_on_a_full_disk(work_dir):

@@ -26,9 +26,9 @@ from PIL import Image
 import data
 import losses
 import train
-from common import (PNG_SIGNATURE, ROOT, assert_one_line_error, children, finish, handlers_installed,
+from common import (PNG_SIGNATURE, ROOT, assert_one_line_error, children, finish, handlers_installed, running,
                      no_temporary_files, read_csv, root_scripts, send_when, start, tiny_disk, torch_is_loading)
-from support import cli
+from support import cli, writing
 from helpers import records
 from model import SoftmaxRegression
 
@@ -188,7 +188,7 @@ def test_any_failure_of_a_write_is_cannot_write_path_reason_and_leaves_the_old_f
     path = tmp_path / 'model.pt'
     path.write_text('old and whole\n')
     with pytest.raises(cli.OutputError) as error:
-        cli.write_atomically(str(path), failure)
+        writing.write_atomically(str(path), failure)
     assert str(error.value) == f"cannot write {path}: {reason}"
     assert os.listdir(tmp_path) == ['model.pt'] and path.read_text() == 'old and whole\n'
 
@@ -202,7 +202,7 @@ def test_write_atomically_lets_ctrl_c_through_and_leaves_the_old_file(tmp_path):
             f.write('half')
         raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        cli.write_atomically(str(path), half_then_ctrl_c)
+        writing.write_atomically(str(path), half_then_ctrl_c)
     assert path.read_text() == 'old and whole\n' and os.listdir(tmp_path) == ['history.csv']
 
 
@@ -213,7 +213,7 @@ def test_a_full_disk_under_torch_save_is_no_space_left_on_device():
         with open(os.path.join(disk, 'filler'), 'wb') as f:
             f.write(bytes(40_000))
         with pytest.raises(cli.OutputError, match=r"cannot write .*model\.pt: No space left on device$"):
-            cli.write_atomically(os.path.join(disk, 'model.pt'), lambda tmp: torch.save(torch.zeros(784, 10), tmp))
+            writing.write_atomically(os.path.join(disk, 'model.pt'), lambda tmp: torch.save(torch.zeros(784, 10), tmp))
         assert os.listdir(disk) == ['filler']
 
 
@@ -258,7 +258,7 @@ def test_runs_preparing_the_same_folder_at_once_never_trip_on_each_others_probe(
         barrier.wait()
         for _ in range(200):
             try:
-                cli.prepare_out_dir(str(tmp_path / 'out'), ['history.csv'])
+                writing.prepare_out_dir(str(tmp_path / 'out'), ['history.csv'])
             except cli.OutputError as error:
                 errors.append(str(error))
     with ThreadPoolExecutor(8) as pool:
@@ -274,10 +274,10 @@ def test_something_other_than_a_file_among_the_outputs_is_refused_naming_it(tmp_
     make(tmp_path / 'history.csv')
     why = 'something other than a file is in the way'
     with pytest.raises(cli.OutputError) as error:
-        cli.prepare_out_dir(str(tmp_path), ['metrics.json', 'history.csv'])
+        writing.prepare_out_dir(str(tmp_path), ['metrics.json', 'history.csv'])
     assert str(error.value) == f"cannot write {tmp_path / 'history.csv'}: {why}; nothing was written"
     (os.rmdir if os.path.isdir(tmp_path / 'history.csv') else os.unlink)(tmp_path / 'history.csv')
-    cli.prepare_out_dir(str(tmp_path), ['metrics.json', 'history.csv'])  # the refusal held no lock
+    writing.prepare_out_dir(str(tmp_path), ['metrics.json', 'history.csv'])  # the refusal held no lock
 
 
 # ------------------------------------------------------------------ train.py: bad input, in this process
@@ -345,10 +345,10 @@ def test_bad_data_is_one_line_naming_the_file_or_the_folder_and_exit_2(tmp_path,
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first(train_main, tmp_path):
-    cli.lock_out_dir(str(tmp_path))  # as a run does: this process is the other run, as far as the lock goes
+    writing.lock_out_dir(str(tmp_path))  # as a run does: this process is the other run, as far as the lock goes
     code, out, err = train_main('--out', tmp_path, '--epochs', '1')
     assert code == 2 and 'epoch' not in out
-    holder = f" (process {os.getpid()})" if os.path.exists('/proc/locks') or cli.fcntl is None else ''
+    holder = f" (process {os.getpid()})" if os.path.exists('/proc/locks') or writing.fcntl is None else ''
     assert_one_line_error(err, f"another run{holder} is writing to {tmp_path}{os.sep} right now; wait for it "
                                "to finish or choose another --out")
     assert os.listdir(tmp_path) == []  # the lock is on the folder itself: no .lock file
@@ -484,7 +484,7 @@ def writing_runs(assets, out):
     runs = {}
     for script in SCRIPTS:
         with open(os.path.join(ROOT, script), encoding='utf-8') as f:
-            if 'cli.prepare_out_dir(' in f.read():
+            if 'writing.prepare_out_dir(' in f.read():
                 args = tiny_run(script, out, assets)
                 runs[script] = args if str(out) in args else ['--out', str(out)]  # bench.py's: 30 s of work
     return runs
@@ -493,8 +493,8 @@ def writing_runs(assets, out):
 def test_every_script_that_writes_into_an_out_refuses_a_second_run_there(assets, tmp_path, monkeypatch, capsys):
     out = tmp_path / 'out'
     out.mkdir()
-    cli.lock_out_dir(str(out))  # the first run, as far as the lock goes
-    holder = f" (process {os.getpid()})" if os.path.exists('/proc/locks') or cli.fcntl is None else ''
+    writing.lock_out_dir(str(out))  # the first run, as far as the lock goes
+    holder = f" (process {os.getpid()})" if os.path.exists('/proc/locks') or writing.fcntl is None else ''
     for script, args in writing_runs(assets, out).items():
         monkeypatch.setattr(sys, 'argv', [os.path.join(ROOT, script)])
         assert cli.run(importlib.import_module(script[:-3]).main, args) == 2, script
@@ -504,44 +504,44 @@ def test_every_script_that_writes_into_an_out_refuses_a_second_run_there(assets,
 
 
 def test_lock_out_dir_after_prepare_out_dir_is_the_same_lock(tmp_path):
-    cli.prepare_out_dir(str(tmp_path))
-    held = list(cli._locks)
-    cli.lock_out_dir(str(tmp_path))  # a script that still locks after preparing: nothing more
-    assert cli._locks == held
+    writing.prepare_out_dir(str(tmp_path))
+    held = list(writing._locks)
+    writing.lock_out_dir(str(tmp_path))  # a script that still locks after preparing: nothing more
+    assert writing._locks == held
     with pytest.raises(cli.OutputError, match=' is writing to '):  # but a second run's preparing is refused
-        cli.prepare_out_dir(str(tmp_path))
+        writing.prepare_out_dir(str(tmp_path))
 
 
 def test_on_linux_the_lock_never_touches_the_temporary_folder(tmp_path, monkeypatch):
-    if cli.fcntl is None:
+    if writing.fcntl is None:
         pytest.skip("without flock the lock file lives in the temporary folder")
     monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path / 'no-such-folder'))  # as good as a full one
-    cli.prepare_out_dir(str(tmp_path / 'out'))
+    writing.prepare_out_dir(str(tmp_path / 'out'))
     assert os.listdir(tmp_path) == ['out'] and os.listdir(tmp_path / 'out') == []
 
 
 def test_without_flock_a_lock_file_in_the_temporary_folder_refuses_a_second_run(tmp_path, monkeypatch, train_main):
     """Windows has no flock: the lock is a file in the system's temporary folder, named after the output
     folder's real path (filelock holds it), so that nothing is added among the outputs."""
-    monkeypatch.setattr(cli, 'fcntl', None)
+    monkeypatch.setattr(writing, 'fcntl', None)
     monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path / 'tmp'))
     (tmp_path / 'tmp').mkdir()
     out = tmp_path / 'out'
-    cli.prepare_out_dir(str(out))  # the first run
+    writing.prepare_out_dir(str(out))  # the first run
     code, printed, err = train_main('--out', out, '--epochs', '1')
     assert code == 2 and 'epoch' not in printed
     assert_one_line_error(err, f"error: another run (process {os.getpid()}) is writing to {out}{os.sep} right now")
     assert os.listdir(out) == [] and len(os.listdir(tmp_path / 'tmp')) == 2  # the lock file and its holder's pid
     with pytest.raises(cli.OutputError, match=' is writing to '):  # the same folder by another name
-        cli.prepare_out_dir(str(tmp_path / 'tmp' / '..' / 'out'))
-    while cli._locks:
-        cli.release_lock(cli._locks.pop())
+        writing.prepare_out_dir(str(tmp_path / 'tmp' / '..' / 'out'))
+    while writing._locks:
+        writing.release_lock(writing._locks.pop())
     assert not [name for name in os.listdir(tmp_path / 'tmp') if name.endswith('.pid')]
-    cli.prepare_out_dir(str(out))  # released, as by the end of the first run's process: free again
+    writing.prepare_out_dir(str(out))  # released, as by the end of the first run's process: free again
     (tmp_path / 'a-file').write_text('not a folder')
     monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path / 'a-file'))
     with pytest.raises(cli.OutputError, match=f"^cannot lock output folder {tmp_path / 'other'}: "):
-        cli.prepare_out_dir(str(tmp_path / 'other'))
+        writing.prepare_out_dir(str(tmp_path / 'other'))
 
 
 def test_a_file_held_open_elsewhere_is_retried_then_one_line(tmp_path, monkeypatch):
@@ -556,13 +556,13 @@ def test_a_file_held_open_elsewhere_is_retried_then_one_line(tmp_path, monkeypat
             held[0] -= 1
             raise PermissionError(13, 'Access is denied', str(target))
         return real_replace(source, target)
-    monkeypatch.setattr(cli, 'REPLACE_RETRY_SECONDS', 0.5)
-    monkeypatch.setattr(cli.os, 'replace', replace)
-    cli.write_text(str(path), 'new')  # let go after three tries
+    monkeypatch.setattr(writing, 'REPLACE_RETRY_SECONDS', 0.5)
+    monkeypatch.setattr(writing.os, 'replace', replace)
+    writing.write_text(str(path), 'new')  # let go after three tries
     assert path.read_text() == 'new' and held == [0] and os.listdir(tmp_path) == ['curves.png']
     held[0], started = 10**9, time.monotonic()  # never let go
     with pytest.raises(cli.OutputError) as error:
-        cli.write_text(str(path), 'newer')
+        writing.write_text(str(path), 'newer')
     assert 0.5 <= time.monotonic() - started < 2.5
     assert str(error.value) == f"cannot write {path}: Access is denied (is it open in another program?)"
     assert path.read_text() == 'new' and os.listdir(tmp_path) == ['curves.png']
@@ -637,9 +637,9 @@ def test_a_forked_child_gets_a_fresh_interpreters_handlers_and_dies_of_kill_quie
         pytest.skip("no fork here (workers are spawned, fresh interpreters already), or no /proc")
     code = '''if True:
         import os, signal, sys
-        from support import cli
+        from support import cli, writing
         def main(argv):
-            cli.prepare_out_dir(sys.argv[1])
+            writing.prepare_out_dir(sys.argv[1])
             pid = os.fork()
             if pid == 0:
                 ok = signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -747,6 +747,6 @@ def test_a_plain_kill_of_exercises_3_5_1_as_its_workers_start_is_exit_130_one_li
     assert_one_line_error(err, 'interrupted')
     assert names == [] and 'saved' not in out  # stopped, not carried on to the end
     deadline = time.monotonic() + 5
-    while any(os.path.exists(f'/proc/{pid}') for pid in workers) and time.monotonic() < deadline:
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [pid for pid in workers if os.path.exists(f'/proc/{pid}')] == []
+    assert [pid for pid in workers if running(pid)] == []

@@ -16,7 +16,7 @@ import torch
 
 import data
 import exercises
-from common import assert_one_line_error, children, finish, start, tiny_disk
+from common import assert_one_line_error, children, finish, odd_data_folder, running, start, tiny_disk
 from model import SoftmaxRegression
 from support import cli
 
@@ -143,31 +143,6 @@ def test_one_exercise_runs_and_an_unknown_one_is_one_line_and_exit_2(tmp_path, c
 
 # ------------------------------------------------------------------ the book's reader as a process: stops and faults
 
-def odd_data_folder(folder, zeros):
-    """The four real data files (links to them) beside what must never be opened: notes.gz, a FIFO (opening
-    it waits for a writer for ever) and, when `zeros`, extra-ubyte, a link to /dev/zero (endless)."""
-    real = data.find_data_dir(download=False)
-    os.makedirs(folder)
-    for images, labels, _ in data.SPLITS.values():
-        for name in os.listdir(real):
-            if name.startswith((images, labels)):
-                os.symlink(os.path.abspath(os.path.join(real, name)), os.path.join(folder, name))
-    os.mkfifo(os.path.join(folder, 'notes.gz'))
-    if zeros:
-        os.symlink('/dev/zero', os.path.join(folder, 'extra-ubyte'))
-    return str(folder)
-
-
-def running(pid):
-    """Whether process `pid` still runs: a zombie has ended (an orphan that init here never reaps, e.g. the
-    ldconfig that ctypes starts while torch imports, which a fork-and-exec briefly shows as a worker)."""
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
-
-
 def reading(pid, seen):
     """The book's reader of 3.5.1 has its 4 worker processes: record each set of workers seen."""
     workers = children(pid)
@@ -181,7 +156,7 @@ def first_batch_spawned(folder):
     and macOS start DataLoader workers: a fresh interpreter that gets the dataset and the worker's set-up by
     pickling. (X, y, the worker processes while reading, those after closing.)"""
     import torchvision
-    from helpers.bench_children import book_loader, worker_batches
+    from helpers.book_reader import book_loader, worker_batches
     root = data.torchvision_root(data.find_data_dir(download=False), folder)
     dataset = torchvision.datasets.FashionMNIST(root, train=False, transform=torchvision.transforms.ToTensor())
     loader = book_loader(dataset, 256, shuffle=False, num_workers=1, context='spawn')

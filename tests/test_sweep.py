@@ -15,7 +15,7 @@ import sweep
 import train
 from common import (PNG_SIGNATURE, released_locks, assert_one_line_error, finish, no_temporary_files, read_csv, start,
                      tiny_disk)
-from support import cli
+from support import cli, writing
 from helpers import plots_sweep, records
 
 SIX_DECIMALS = re.compile(r'^-?\d+\.\d{6}$')
@@ -277,7 +277,7 @@ def test_a_sweep_csv_that_is_not_one_is_refused_and_nothing_is_lost(tmp_path, ru
 
 def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path, run_sweep):
     with released_locks():
-        cli.prepare_out_dir(str(tmp_path))  # as another sweep writing there does: checked and locked
+        writing.prepare_out_dir(str(tmp_path))  # as another sweep writing there does: checked and locked
         with pytest.raises(cli.OutputError, match='another run .* is writing to'):
             run_sweep(tmp_path, '--lr', '0.1', '--batch-size', '1024', '--epochs', '1')
     assert os.listdir(tmp_path) == []  # no lock file among the outputs
