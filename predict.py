@@ -14,7 +14,7 @@ A prediction is marked unsure when its confidence (the largest probability) is b
 the model's test-set answers are 95% right (train.py keeps it in model.pt; metrics.calibration); every
 prediction, when no confidence of the model reaches 95%; none, with a note, when model.pt records nothing.
 
---labelled DIR measures distribution shift (d2l 3.6 exercise 4, 4.7): DIR holds one folder of photos per
+--labelled DIR measures distribution shift (d2l 3.6 exercise 4, and 4.9): DIR holds one folder of photos per
 class (its sub-folders too), named by a Fashion-MNIST class or a common name (LABEL_NAMES); it prints the
 accuracy on them and writes their confusion matrix and reliability diagram. Exit codes: 0 every image was
 predicted, 2 an image or the model could not be read, or an image not predicted (one line each on stderr),

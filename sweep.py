@@ -1,4 +1,4 @@
-"""The chapter's hyperparameter exercises answered by one command (d2l 3.7 ex. 1-2, 4.4): train a grid of
+"""The chapter's hyperparameter exercises answered by one command (d2l 3.7 exercises 1-2): train a grid of
 learning rates x batch sizes x seeds and draw what the reader should compare.
 
     python sweep.py                                       lr 0.01 .. 1 x batch 32 .. 1024, 10 epochs, seed 0

@@ -12,7 +12,8 @@ import torch
 
 import data
 from data import DataError
-from common import ROOT, assert_one_line_error, finish, has_open, no_longer_than, send_when, start, tiny_disk
+from common import (ROOT, assert_one_line_error, finish, has_open, make_fifo, no_longer_than, send_when, start,
+                    tiny_disk)
 from support import cli, datafiles
 
 N_TRAIN, N_TEST = 60_000, 10_000
@@ -286,7 +287,7 @@ def test_damage_after_the_payload_is_caught_by_the_extra_byte_read(tmp_path, dam
 
 @pytest.mark.parametrize('make, message', [  # none of them may be opened for reading
     (lambda path: path.mkdir(), 'is a folder, not a file'),
-    (os.mkfifo, 'is a FIFO (named pipe), not a file'),  # open() would block
+    (make_fifo, 'is a FIFO (named pipe), not a file'),  # open() would block
     (lambda path: os.symlink('/dev/zero', path), 'is a device, not a file'),  # endless bytes
     (lambda path: os.symlink(path.parent / 'gone', path), 'gone, which does not exist'),
 ], ids=['folder', 'fifo', 'dev-zero', 'dangling link'])
@@ -301,7 +302,7 @@ def test_something_other_than_a_file_under_a_data_files_name_is_named_not_read(t
         data.read_idx(str(folder / 'train-images-idx3-ubyte.gz'), data.IMAGES_MAGIC, (60_000, 28, 28))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions say")
+@pytest.mark.skipif(hasattr(os, 'geteuid') and os.geteuid() == 0, reason="root reads files whatever their permissions say")
 def test_an_unreadable_file_says_so(tmp_path):
     path = tmp_path / 'train-labels-idx1-ubyte'
     path.write_bytes(_idx(data.LABELS_MAGIC, [3], bytes(3)))
@@ -380,7 +381,7 @@ def test_main_help_names_the_data_folder_flag(capsys):
 
 def test_main_refuses_a_fifo_and_dev_zero_without_opening_them_one_line_exit_2(tmp_path, capsys):
     folder = _link_real_files(tmp_path / 'hostile')
-    for name, make in {'train-images-idx3-ubyte.gz': os.mkfifo,  # opening it would wait for a writer forever
+    for name, make in {'train-images-idx3-ubyte.gz': make_fifo,  # opening it would wait for a writer forever
                        't10k-labels-idx1-ubyte.gz': lambda path: os.symlink('/dev/zero', path)}.items():  # endless
         os.remove(folder / name)
         make(folder / name)
@@ -396,7 +397,7 @@ def test_the_copy_for_torchvision_reads_only_the_four_files_and_torchvision_read
     """A FIFO and an endless device beside the four files are never opened: the copy is the four checked files."""
     from torchvision.datasets import FashionMNIST
     folder = _link_real_files(tmp_path / 'with-strangers')
-    os.mkfifo(folder / 'notes.gz')  # opening it would wait for a writer forever
+    make_fifo(folder / 'notes.gz')  # opening it would wait for a writer forever
     os.symlink('/dev/zero', folder / 'extra-ubyte')  # reading it would fill the disk
     with no_longer_than(60):
         root = data.torchvision_root(str(folder), str(tmp_path / 'work'))

@@ -114,8 +114,9 @@ def checkpoints(tmp_path_factory, fashion_mnist):
         'overflowing weights': dict(good, model=_state(W=torch.full((784, 10), 1e37))),
         'a class of its own': dict(good, extra=NotATensor()),
     }.items()}
-    os.mkfifo(base / 'fifo.pt')  # opening it would wait for a writer forever
-    paths['fifo'] = str(base / 'fifo.pt')
+    if hasattr(os, 'mkfifo'):  # Windows has none
+        os.mkfifo(base / 'fifo.pt')  # opening it would wait for a writer forever
+        paths['fifo'] = str(base / 'fifo.pt')
     return paths, accuracy
 
 
@@ -153,6 +154,8 @@ def test_model_py_prints_what_the_checkpoint_holds_and_its_test_accuracy(model_p
     ('fifo', ['fifo.pt: is a FIFO (named pipe), not a checkpoint file']),
 ])
 def test_model_py_refuses_bad_input_with_one_line_and_exit_2(model_py, checkpoints, case, fragments):
+    if case not in checkpoints[0]:
+        pytest.skip("this system has no FIFOs (named pipes)")
     code, out, err, folder = model_py(checkpoints[0][case], '--data-dir', data.find_data_dir(download=False))
     assert (code, out) == (2, '')
     assert_one_line_error(err, 'error: ', *fragments)
