@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from support import threads
+from support import steps, threads
 
 
 class FakeMachine:
@@ -72,7 +72,7 @@ def machine(monkeypatch):
 
 
 def start(machine, setup_seconds=0.3):
-    """A chooser made before the data is prepared, as train.train makes it: the set-up runs on every thread."""
+    """A chooser as support/steps.py makes it before a process's first step; it starts on every thread."""
     chooser = threads.ThreadChooser(torch.device('cpu'))
     assert torch.get_num_threads() == 2
     machine.wait(setup_seconds, 2)
@@ -195,6 +195,7 @@ def test_the_thread_count_does_not_change_the_history(fashion_mnist, monkeypatch
     if not threads.gemms_reproducible_across_thread_counts():
         pytest.skip("this torch has no MKL in strict mode (e.g. an ARM build): the chooser stays off there")
     monkeypatch.setattr(threads, 'gemms_reproducible_across_thread_counts', lambda: False)  # hold the count
+    monkeypatch.setattr(steps, '_choosers', {})  # a chooser of this process's made before would not hold it
     before = torch.get_num_threads()
     histories = []
     try:
