@@ -2,7 +2,7 @@
 
 python concise.py [--epochs N] [--lr LR] [--batch-size N] [--seed N] [--out DIR]: nn.Flatten + nn.Linear,
 nn.CrossEntropyLoss and torch.optim.SGD over train.py's resident tensors and minibatches; with the same seed
-(initial weights, batch order) its history is `python train.py --loss torch`'s. DIR/history.csv as train.py's.
+(initial weights, batch order) its history is `python train.py --loss torch`'s, in DIR/history.csv.
 """
 import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
 from support import cli, writing
@@ -10,6 +10,7 @@ from support import cli, writing
 if __name__ == '__main__':  # before torch's slow import: Ctrl-C or kill from here on is a clean exit 130
     cli.start()
 
+import math
 import os
 import sys
 import time
@@ -25,7 +26,7 @@ from support.steps import Diverged, steps
 
 
 def train_epoch(net, loss, optimizer, X_train, y_train, order, epoch, args):
-    """One epoch of minibatch SGD (d2l 3.7.3) -> (mean train loss, train accuracy)."""
+    """One epoch of minibatch SGD (d2l 3.7.4) -> (mean train loss, train accuracy)."""
     losses, logits = X_train.new_empty(len(y_train)), X_train.new_empty(len(y_train), 10)
     for i in steps(epoch, args.epochs, losses, args.batch_size):  # the one hook: Ctrl-C, threads, progress, nan
         rows = slice(i * args.batch_size, (i + 1) * args.batch_size)
@@ -40,12 +41,13 @@ def train_epoch(net, loss, optimizer, X_train, y_train, order, epoch, args):
 
 
 def main(argv=None):
-    parser = cli.ArgumentParser(prog='concise.py', description=__doc__.strip().split('\n')[0])
-    parser.add_argument('--epochs', type=cli.whole_number(1, 100_001), default=10, metavar='N')
-    parser.add_argument('--lr', type=cli.positive_float32, default=0.1)
-    parser.add_argument('--batch-size', type=cli.whole_number(1, 60_001), default=256, metavar='N')
-    parser.add_argument('--seed', type=cli.whole_number(0, 2**63), default=0, metavar='N')
-    parser.add_argument('--out', type=cli.non_empty, default='outputs', metavar='DIR')
+    parser = cli.ArgumentParser(prog='concise.py', description=__doc__.strip().split('\n')[0], epilog="Exit codes: "
+                                "0 done, 1 the loss diverged, 2 bad input, 130 interrupted.")
+    parser.add_argument('--epochs', type=cli.whole_number(1, 100001), default=10, metavar='N', help="(%(default)s)")
+    parser.add_argument('--lr', type=cli.positive_float32, default=0.1, help="learning rate (%(default)s)")
+    parser.add_argument('--batch-size', type=cli.whole_number(1, 60001), default=256, metavar='N', help="(%(default)s)")
+    parser.add_argument('--seed', type=cli.whole_number(0, 2**63), default=0, metavar='N', help="(%(default)s)")
+    parser.add_argument('--out', type=cli.non_empty, default='outputs/concise', metavar='DIR', help="(%(default)s)")
     args = parser.parse_args(argv)
     writing.prepare_out_dir(args.out, ['history.csv'])
     device = train.resolve_device('auto')
@@ -53,23 +55,26 @@ def main(argv=None):
     X_train, X_test = data.to_features(train_images), data.to_features(test_images)
     net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).to(device)
     torch.manual_seed(args.seed)  # the book's init_weights, drawn as train.py draws W: N(0, 0.01^2), b = 0
-    nn.init.normal_(net[1].weight, std=0.01), nn.init.zeros_(net[1].bias)
+    nn.init.normal_(net[1].weight, std=0.01)
+    nn.init.zeros_(net[1].bias)
     loss, optimizer = nn.CrossEntropyLoss(reduction='none'), torch.optim.SGD(net.parameters(), lr=args.lr)
     generator, history = torch.Generator().manual_seed(args.seed), []
-    for epoch in range(1, args.epochs + 1):
-        start = time.perf_counter()
-        order = torch.randperm(len(y_train), generator=generator).to(device)  # shuffle=True
-        try:
+    try:
+        for epoch in range(1, args.epochs + 1):
+            start = time.perf_counter()
+            order = torch.randperm(len(y_train), generator=generator).to(device)  # shuffle=True
             train_loss, train_acc = train_epoch(net, loss, optimizer, X_train, y_train, order, epoch, args)
-        except Diverged as error:
-            return cli.say(f"error: training diverged at {error}; use a smaller --lr") or cli.EXIT_DIVERGED
-        test_loss, test_acc = train.evaluate(net, 'torch', X_test, y_test)  # as the book reuses evaluate_accuracy
-        history.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
-                            test_acc=test_acc, seconds=time.perf_counter() - start))
-        writing.write_text(os.path.join(args.out, 'history.csv'), history_csv(history))
-        print(train.epoch_line(history[-1], args.epochs))
+            test_loss, test_acc = train.evaluate(net, 'torch', X_test, y_test)  # the book reuses evaluate_accuracy
+            if not math.isfinite(test_loss):
+                raise Diverged(epoch, 'evaluation on the test set', test_loss)
+            history.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                                test_acc=test_acc, seconds=time.perf_counter() - start))
+            writing.write_text(os.path.join(args.out, 'history.csv'), history_csv(history))
+            print(train.epoch_line(history[-1], args.epochs))
+    except Diverged as error:
+        cli.say(f"error: training diverged at {error}; use a smaller --lr")
+        return cli.EXIT_DIVERGED
     return 0
-
 
 if __name__ == '__main__':
     sys.exit(cli.run(main))

@@ -79,7 +79,7 @@ def _refuse_unless_float(O, name):
 
 
 def cross_entropy_naive(y_hat, y, eps=0.0):
-    """l_i = -log(y_hat[i, y_i] + eps), the notes' per-example loss. y_hat: (n, q), y: (n,) -> (n,).
+    """l_i = -log(y_hat[i, y_i] + eps): the book's cross_entropy (d2l 3.6.4). y_hat: (n, q), y: (n,) -> (n,).
 
     With eps=0 a true-class probability that underflowed to 0 gives inf; eps=1e-8, as the notes suggest,
     caps the loss at -log(1e-8) ~ 18.42.
@@ -284,7 +284,7 @@ def main(argv=None):
     is not ours to read there. Returns the exit code; cli.InputError for an output folder it cannot write."""
     from helpers import loss_demo  # matplotlib is slow to import, and only the demo draws
     parser = cli.ArgumentParser(prog='losses.py', description=__doc__.strip().split('\n')[0])
-    parser.add_argument('--out', default='outputs', type=cli.non_empty,
+    parser.add_argument('--out', default='outputs', type=cli.non_empty, metavar='DIR',
                         help="folder for stability.png (default outputs)")
     args = parser.parse_args([] if argv is None else argv)
     writing.prepare_out_dir(args.out)  # a folder we cannot write is one line and exit 2, before any work

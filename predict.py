@@ -120,7 +120,7 @@ def build_parser():
                     "separated from its background and made a light item on black, then converted the way "
                     "Fashion-MNIST's images were made from product photos (trim, resize the longest edge to "
                     "28, sharpen, centre); one line per image, '(unsure)' where the confidence is below the "
-                    "one that gives 95%% accuracy on the test set. DIR/predict.png shows what was kept of "
+                    "one that gives 95% accuracy on the test set. DIR/predict.png shows what was kept of "
                     "each photo and what the model saw.",
         epilog="--labelled folder names: Fashion-MNIST's classes, or pants/jeans (trouser), shoes (sneaker, "
                "sandal or ankle boot), longsleeve (pullover, shirt or t-shirt), outwear/jacket (coat), "

@@ -1,12 +1,12 @@
-"""Train softmax regression on Fashion-MNIST (d2l 3.6 / 3.7) and save what a reader wants to look at.
+"""Train softmax regression on Fashion-MNIST (d2l 3.6) and save what a reader wants to look at.
 
     python train.py                      the book's recipe: minibatch SGD, lr 0.1, batch 256, 10 epochs
     python train.py --recipe tuned       the best this same linear model does on raw pixels
     python train.py --compare            naive vs scratch vs torch loss from the same initial weights
 
-Everything lands in --out (outputs/): history.csv, curves.png, metrics.json, model.pt after every epoch;
-predictions.png, weights.png, confusion.png, confidence.png from the last finished epoch when the run
-ends, fails or is interrupted (helpers/records.py). `--help` lists the flags and the exit codes.
+Everything lands in --out (outputs/): history.csv, metrics.json, model.pt after every epoch, curves.png at
+most every 2 s; predictions.png, weights.png, confusion.png, confidence.png from the last finished epoch
+when the run ends, fails or is interrupted (helpers/records.py). `--help` lists the flags and the exit codes.
 """
 import support.threads  # noqa: F401 -- first, before torch loads: the environment its libraries read
 from support import cli, writing
@@ -30,7 +30,7 @@ from support.steps import Diverged, steps
 
 # The two recipes. Flags given on the command line override these values.
 RECIPES = {
-    # d2l 3.6/3.7: minibatch SGD on X/255, lr 0.1, batch 256, 10 epochs.
+    # d2l 3.6: minibatch SGD on X/255, lr 0.1, batch 256, 10 epochs.
     'textbook': dict(epochs=10, batch_size=256, lr=0.1, momentum=0.0,
                      weight_decay=0.0, schedule='constant', standardize=False),
     # The same linear model tuned: per-pixel standardised inputs, momentum 0.9, L2 1e-3, cosine decay to 0
@@ -69,7 +69,7 @@ def closed_form_gradients(model, X, O, y):
 
     X: (n, 784), O: (n, 10) logits, y: (n,) -> (l: (n,), [dW: (784, 10), db: (10,)]).
     """
-    l, dO = cross_entropy_with_grad(O, y)  # dO = softmax(O) - onehot(y): the gradient of sum_i l_i
+    l, dO = cross_entropy_with_grad(O, y)  # the gradient of sum_i l_i; divided by n, the mean's
     return l, model.gradients(X, dO.div_(len(y)))
 
 
@@ -115,11 +115,11 @@ def train_epoch(model, velocities, features, labels, order, config, epoch):
     come from them once, at the end: the step loop never waits for a value.
     """
     n, batch_size = len(labels), config.batch_size
-    num_steps = -(-n // batch_size)
+    num_steps = math.ceil(n / batch_size)
     params = list(model.parameters())
-    losses = torch.empty(n, device=features.device)
+    example_losses = torch.empty(n, device=features.device)
     logits = torch.empty(n, data.NUM_CLASSES, device=features.device)
-    for i in steps(epoch, config.epochs, losses, batch_size):  # the one hook: Ctrl-C, threads, progress, nan
+    for i in steps(epoch, config.epochs, example_losses, batch_size):  # machinery: Ctrl-C, threads, bar, nan
         rows = slice(i * batch_size, (i + 1) * batch_size)  # this minibatch's place in the epoch
         X, y = data.minibatch(features, labels, order[rows])  # a row gather
         O = model(X)  # logits O = XW + b
@@ -128,9 +128,9 @@ def train_epoch(model, velocities, features, labels, order, config, epoch):
         else:
             l, grads = autograd_gradients(model, O, y, config.loss)
         lr = learning_rate(config, (epoch - 1) * num_steps + i, config.epochs * num_steps)
-        sgd_update(params, grads, velocities, lr, config.momentum, config.weight_decay)  # w <- w - lr * g
-        losses[rows], logits[rows] = l, O.detach()
-    return mean_loss(losses), int(correct_count(logits, labels[order])) / n
+        sgd_update(params, grads, velocities, lr, config.momentum, config.weight_decay)
+        example_losses[rows], logits[rows] = l, O.detach()
+    return mean_loss(example_losses), int(correct_count(logits, labels[order])) / n
 
 
 @torch.no_grad()
@@ -163,8 +163,7 @@ def train(config, model, datasets, device):
     history = []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        # A fresh permutation per epoch (shuffle=True in the book's DataLoader), drawn on the CPU so that a
-        # seed gives the same order on every device.
+        # shuffle=True: a fresh permutation per epoch, drawn on the CPU so that a seed gives one order anywhere
         order = torch.randperm(len(train_labels), generator=generator).to(device)
         with torch.set_grad_enabled(config.loss != 'scratch'):  # the scratch loss needs no autograd graph
             train_loss, train_acc = train_epoch(model, velocities, train_features, train_labels, order, config,
@@ -239,7 +238,7 @@ def build_parser():
                         help="where history, figures, metrics and the checkpoint go (default: %(default)s)")
     parser.add_argument('--compare', action='store_true',
                         help="train once per loss implementation from the same seed and initial weights "
-                             "and write compare.png and history_<loss>.csv")
+                             "and write compare.png, history_<loss>.csv and compare.json")
     return parser
 
 

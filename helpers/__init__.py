@@ -1,4 +1,4 @@
-"""What the scripts build on the chapter: each module here uses data, model or losses, never the reverse.
+"""What the scripts use beside the chapter: nothing in support/, data, model or losses imports it at load.
 
     records.py              a run's files: history.csv, metrics.json, model.pt, the final figures, compare
     plots*.py               every figure

@@ -36,8 +36,8 @@ def stages(losses):
         'max-subtracted': ("-log softmax(o)_y: exp(o - max) / sum exp(o - max), then -log",
                            lambda O, y: max_subtracted_loss(losses, O, y)),
         '+ eps': ("-log(softmax(o)_y + 1e-8): the quick patch", lambda O, y: max_subtracted_loss(losses, O, y, EPS)),
-        'LogSumExp': ("cross_entropy: log sum exp(o - max) - (o_y - max), never log of a probability",
-                      losses.cross_entropy),
+        'LogSumExp': ("stable_loss: log sum exp(o - max) - (o_y - max), never log of a probability",
+                      losses.stable_loss),
         'torch': ("nn.CrossEntropyLoss", nn.CrossEntropyLoss()),
     }
 

@@ -197,10 +197,12 @@ def frame_cut(small, dx, dy):
     GrabCut's starting rectangle leaves a strip dx, dy wide around it as background. The item of a tight
     crop crosses that strip and is a third of it, more for a bag or a pullover, whose colour is then the
     strip's median. The background is instead the colour most of the strip is within TOLERANCE of (the
-    mode), trusted only where it is plain: a fifth of the strip at least, and almost nothing else in the
-    strip but the item and its edges (a floor, a bed, grain or noise have colours between). The frame
-    cuts the item when the item (more than twice TOLERANCE from that colour, in one piece with the middle
-    of the photo) runs along a tenth of one of the frame's sides at least, through the strip.
+    mode; where that leaves the middle of the photo all background, it was a flat item's colour, and the
+    commonest colour unlike it is taken), trusted only where it is plain: a fifth of the strip at least,
+    and almost nothing else in the strip but the item and its edges (a floor, a bed, grain or noise have
+    colours between). The frame cuts the item when the item (more than twice TOLERANCE from that colour,
+    in one piece with the middle of the photo) runs along a tenth of one of the frame's sides at least,
+    through the strip.
     """
     import cv2
     height, width = small.shape[:2]
@@ -208,26 +210,31 @@ def frame_cut(small, dx, dy):
     ring = np.ones((height, width), bool)
     ring[dy:height - dy, dx:width - dx] = False
     strip = colours[ring]
-    # the mode, near enough: which of 64 of the strip's colours has the most of 2048 others within TOLERANCE
-    # (einsum: a matrix product starts BLAS's threads, which cost more than they save on so few numbers)
+    # how many of 2048 of the strip's colours are within TOLERANCE of each of 64 of them (einsum: a matrix
+    # product starts BLAS's threads, which cost more than they save on so few numbers)
     candidates, others = strip[::max(1, len(strip) // 64)], strip[::max(1, len(strip) // 2048)]
     squared = (np.square(candidates).sum(1)[:, None] + np.square(others).sum(1)[None]
                - 2 * np.einsum('ik,jk->ij', candidates, others))
-    mode = candidates[np.argmax((squared <= 3 * TOLERANCE ** 2).sum(axis=1))]
-    background = np.median(strip[_distance(strip, mode) <= TOLERANCE], axis=0)
-    distance = _distance(colours, background)
-    item = _majority(distance > 2 * TOLERANCE).astype(np.uint8)
-    near = (distance[ring] <= TOLERANCE).mean()
-    elsewhere = (distance > TOLERANCE) & ~cv2.dilate(item, np.ones((5, 5), np.uint8)).astype(bool)
-    if near < 0.2 or elsewhere[ring].mean() > 0.03 * near:
-        return None
-    _, pieces = cv2.connectedComponents(item, connectivity=8)
-    middle = np.unique(pieces[height // 4:height - height // 4, width // 4:width - width // 4])
-    item = np.isin(pieces, middle[middle > 0])
-    sides = (item[:dy].mean(axis=0), item[height - dy:].mean(axis=0), item[:, :dx].mean(axis=1),
-             item[:, width - dx:].mean(axis=1))
-    crossed = any(_longest_run(side > 0.5) >= 0.1 * len(side) for side in sides)
-    return background if crossed else None
+    counts = (squared <= 3 * TOLERANCE ** 2).sum(axis=1)
+    first = candidates[np.argmax(counts)]
+    unlike = _distance(candidates, first) > 2 * TOLERANCE
+    for mode in [first] + ([candidates[unlike][np.argmax(counts[unlike])]] if unlike.any() else []):
+        background = np.median(strip[_distance(strip, mode) <= TOLERANCE], axis=0)
+        distance = _distance(colours, background)
+        item = _majority(distance > 2 * TOLERANCE).astype(np.uint8)
+        near = (distance[ring] <= TOLERANCE).mean()
+        elsewhere = (distance > TOLERANCE) & ~cv2.dilate(item, np.ones((5, 5), np.uint8)).astype(bool)
+        if near < 0.2 or elsewhere[ring].mean() > 0.03 * near:
+            return None
+        _, pieces = cv2.connectedComponents(item, connectivity=8)
+        middle = np.unique(pieces[height // 4:height - height // 4, width // 4:width - width // 4])
+        if not middle.any():
+            continue
+        item = np.isin(pieces, middle[middle > 0])
+        sides = (item[:dy].mean(axis=0), item[height - dy:].mean(axis=0), item[:, :dx].mean(axis=1),
+                 item[:, width - dx:].mean(axis=1))
+        return background if any(_longest_run(side > 0.5) >= 0.1 * len(side) for side in sides) else None
+    return None
 
 
 def segment(pixels):

@@ -1,8 +1,9 @@
-"""The training run's figures, drawn drawn with matplotlib's object API (no pyplot state, no display).
+"""The training run's figures, drawn with matplotlib's object API (no pyplot state, no display).
 
 Each function returns a matplotlib Figure; save_figure writes it atomically. The scripts import this
-module; it imports nothing of theirs, only data.py's class names. sweep.py's figures are in
-plots_sweep.py, predict.py's in plots_predict.py.
+module; it imports nothing of theirs, only data.py's class names. It also draws `python losses.py`'s
+stability.png; sweep.py's figures are in plots_sweep.py, predict.py's in plots_predict.py, exercises.py's
+in plots_exercises.py.
 """
 import torch
 
@@ -130,8 +131,8 @@ def plot_stability(scales, table):
     """losses.py's demo: the mean loss of s * O for each logit scale s, one line per stage of the notes.
 
     scales: the scales s; table: {stage: [mean loss at each scale]} (nan or inf where it broke), the
-    stages of losses.STAGES in the notes' order: 'naive' (overflows: nan), 'max-subtracted' (underflows:
-    inf), '+ eps' (finite, capped at -log 1e-8), 'LogSumExp' (losses.cross_entropy) and 'torch'.
+    stages of helpers/loss_demo.py's stages() in the notes' order: 'naive' (overflows: nan), 'max-subtracted'
+    (underflows: inf), '+ eps' (finite, capped at -log 1e-8), 'LogSumExp' (losses.stable_loss) and 'torch'.
     A nan or inf cannot be drawn on a log axis, so it is marked in a band at the top.
     """
     import math

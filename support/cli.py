@@ -8,6 +8,7 @@ kill, and output streams that may close at any moment (files written whole: supp
 
 A script follows one pattern, and gets all of the above from it:
 
+    import support.threads   # first, before torch loads: the environment its libraries read
     from support import cli
     if __name__ == '__main__':
         cli.start()          # before the slow imports: a signal while torch imports is a clean exit 130

@@ -94,7 +94,7 @@ def test_the_chapters_modules_stand_on_support_alone():
 
 
 @pytest.mark.parametrize('module', sorted(MODULES))
-def test_each_file_says_its_job_first_and_stays_short(module):
+def test_each_file_opens_with_a_docstring_and_stays_short(module):
     path = MODULES[module]
     source = open(path, encoding='utf-8').read()
     assert ast.get_docstring(ast.parse(source)), f"{path} has no docstring"
