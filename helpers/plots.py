@@ -148,7 +148,7 @@ def plot_stability(scales, table):
     labels = {'naive': 'naive: softmax_naive, then -log',
               'max-subtracted': 'max-subtracted: softmax, then -log',
               '+ eps': '+ eps: softmax, then -log(p + 1e-8)',
-              'LogSumExp': 'LogSumExp: losses.cross_entropy',
+              'LogSumExp': 'LogSumExp: losses.stable_loss',
               'torch': 'nn.CrossEntropyLoss'}
     # what breaks, and why: drawn in the band at the top, at the first scale where it happens
     breaks = {'naive': (math.isnan, 'nan', 'x', "naive: nan. exp(o) overflows float32\nfor o > 88.7: inf / inf"),
