@@ -203,3 +203,13 @@ def make_fifo(path):
     if not hasattr(os, 'mkfifo'):
         pytest.skip("this system has no FIFOs (named pipes)")
     os.mkfifo(path)
+
+
+def link_real_files(folder):
+    """`folder` (a pathlib.Path, made if need be) holding links to the real data's files."""
+    import data
+    folder.mkdir(parents=True, exist_ok=True)
+    source = data.find_data_dir(download=False)
+    for name in os.listdir(source):
+        os.symlink(os.path.join(source, name), folder / name)
+    return folder

@@ -102,6 +102,13 @@ def test_each_file_opens_with_a_docstring_and_stays_short(module):
     assert source.count('\n') <= limit, f"{path}: {source.count(chr(10))} lines, over {limit}"
 
 
+@pytest.mark.parametrize('name', sorted(name for name in os.listdir(os.path.join(ROOT, 'tests'))
+                                         if name.endswith('.py')))
+def test_each_test_file_stays_short(name):
+    with open(os.path.join(ROOT, 'tests', name), encoding='utf-8') as f:
+        assert f.read().count('\n') <= 450, name
+
+
 def test_a_default_epoch_calls_no_function_of_the_complete_cross_entropy(fashion_mnist):
     """The loss an epoch reports is the one its steps computed (cross_entropy_with_grad), not a second,
     complete F.cross_entropy equivalent run over the epoch again."""
