@@ -178,10 +178,29 @@ def _unraisable(unraisable):
 def _deliver_again():
     # In another thread, until the main one, out of this hook and of what swallowed the stop, has raised it:
     # _thread.interrupt_main calls the signal's handler in the main thread (not while the signal is ignored).
+    # Only while the main thread stands in the project's own code: raised inside a library, the exception
+    # could land between a lock's acquire and the try that releases it (multiprocessing's queues do this),
+    # and the clean-up that follows would wait for that lock for ever. From our code, it is raised at the
+    # latest as the next function is entered, before that function takes anything.
+    main = threading.main_thread().ident
     while _undelivered and _in_main:
         time.sleep(0.01)
+        frame = sys._current_frames().get(main)
+        if frame is None or not _is_ours(frame.f_code.co_filename):
+            continue
         with contextlib.suppress(IndexError):
             _thread.interrupt_main(_undelivered[-1])
+
+
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_ours = {}  # code file name -> whether it is the project's own (decided once: no system call while deciding)
+
+
+def _is_ours(filename):
+    if filename not in _ours:
+        _ours[filename] = (os.path.abspath(filename).startswith(_PROJECT)
+                           and 'site-packages' not in filename and os.sep + '.venv' + os.sep not in filename)
+    return _ours[filename]
 
 
 def _forget_in_child():
